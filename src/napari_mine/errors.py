@@ -1,0 +1,9 @@
+"""The one exception type for mistakes a user can fix.
+
+Every message is one sentence that says what was wrong and what to do, so the CLI and the viewer can show it
+as it is instead of a stack trace.
+"""
+
+
+class MineInputError(ValueError):
+    """Bad input: a file, a parameter or a model that cannot be used as given."""

@@ -1,0 +1,179 @@
+"""The results store: one directory per study that the CLI writes and the viewer opens.
+
+Layout::
+
+    RESULTS/
+      manifest.json      format version, model, dataset source, settings and the steps done
+      brain.zarr         mask, affine, anatomy, ROI volumes and label tables (what the viewer draws)
+      features.zarr      per-image features, token contributions, non-spatial rest (DESIGN.md §2)
+      encoder.zarr       ridge weights, effective weights, per-voxel α and accuracy
+
+Each step's arrays are a zarr store of their own, written beside the target under a temporary name and
+renamed into place, and the manifest is replaced after that: a step counts as done only once the manifest
+names it, so an interrupted run never leaves a result that looks complete, and it never touches the steps
+that were already there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from napari_mine.errors import MineInputError
+
+FORMAT = "napari-mine-results"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True, default=_json_default)
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in the manifest")
+
+
+class ResultsStore:
+    """A results directory: read what was computed, add a step atomically."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    # ---- creation and manifest -------------------------------------------------------------
+    @classmethod
+    def create(cls, root: str | os.PathLike, *, model: dict, dataset: dict) -> "ResultsStore":
+        """Start a store for `dataset` and `model` (plain dicts that identify them)."""
+        store = cls(root)
+        store.root.mkdir(parents=True, exist_ok=True)
+        if (store.root / MANIFEST).exists():
+            existing = store.manifest
+            if existing.get("model", {}).get("id") != model.get("id"):
+                raise MineInputError(
+                    f"{store.root} already holds results of model {existing['model'].get('id')!r}, not "
+                    f"{model.get('id')!r}; choose another --out folder or delete that one."
+                )
+            return store
+        _write_json_atomic(
+            store.root / MANIFEST,
+            {
+                "format": FORMAT,
+                "version": FORMAT_VERSION,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "model": model,
+                "dataset": dataset,
+                "steps": {},
+            },
+        )
+        return store
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> "ResultsStore":
+        """Open an existing store, refusing folders that are not one or are of another format version."""
+        store = cls(root)
+        path = store.root / MANIFEST
+        if not path.is_file():
+            raise MineInputError(f"{store.root} is not a napari-mine results folder (no {MANIFEST}); run "
+                                 "`napari-mine features` and `napari-mine fit` to make one.")
+        manifest = store.manifest
+        if manifest.get("format") != FORMAT:
+            raise MineInputError(f"{path} is not a napari-mine manifest; open a folder made by napari-mine.")
+        if manifest.get("version") != FORMAT_VERSION:
+            raise MineInputError(
+                f"{store.root} was written in results format {manifest.get('version')}, this napari-mine reads "
+                f"format {FORMAT_VERSION}; recompute it with `napari-mine features` and `napari-mine fit`."
+            )
+        return store
+
+    @property
+    def manifest(self) -> dict:
+        with open(self.root / MANIFEST) as handle:
+            return json.load(handle)
+
+    def has(self, step: str) -> bool:
+        return step in self.manifest["steps"]
+
+    def require(self, step: str, hint: str) -> None:
+        if not self.has(step):
+            raise MineInputError(f"{self.root} has no {step!r} results yet; {hint}")
+
+    def check_model(self, model_id: str) -> None:
+        """Refuse to mix a store with a model other than the one that made it."""
+        stored = self.manifest["model"].get("id")
+        if stored != model_id:
+            raise MineInputError(
+                f"{self.root} was computed with model {stored!r} but {model_id!r} is loaded; load that model or "
+                "recompute the results with this one."
+            )
+
+    # ---- arrays -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def write_step(self, step: str, settings: dict | None = None) -> Iterator[Any]:
+        """Yield a fresh zarr group for `step`; on success move it into place and record it.
+
+        If the body raises (or is cancelled), the temporary group is deleted and the store is as before.
+        """
+        import zarr
+
+        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{step}.", suffix=".tmp"))
+        try:
+            group = zarr.open_group(tmp / "data.zarr", mode="w")
+            yield group
+            target = self.root / f"{step}.zarr"
+            old = None
+            if target.exists():
+                old = self.root / f".{step}.old-{os.getpid()}-{time.time_ns()}"
+                os.replace(target, old)
+            os.replace(tmp / "data.zarr", target)
+            manifest = self.manifest
+            manifest["steps"][step] = {"settings": settings or {}, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            _write_json_atomic(self.root / MANIFEST, manifest)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def group(self, step: str):
+        """The zarr group of a finished step, read-only (arrays are read lazily)."""
+        import zarr
+
+        self.require(step, "compute it first.")
+        return zarr.open_group(self.root / f"{step}.zarr", mode="r")
+
+    def array(self, step: str, name: str) -> np.ndarray:
+        return np.asarray(self.group(step)[name][...])
+
+    def update_summary(self, section: str, values: dict) -> dict:
+        """Merge `values` under `section` in summary.json (atomic), returning the whole summary."""
+        path = self.root / "summary.json"
+        summary = json.loads(path.read_text()) if path.exists() else {}
+        summary[section] = values
+        _write_json_atomic(path, summary)
+        return summary
+
+
+def write_arrays(group, arrays: dict[str, np.ndarray], chunk_rows: int | None = None) -> None:
+    """Write plain arrays into a zarr group, chunked along the first axis when `chunk_rows` is given."""
+    for name, values in arrays.items():
+        values = np.asarray(values)
+        chunks = None
+        if chunk_rows and values.ndim >= 1 and values.shape[0] > chunk_rows:
+            chunks = (chunk_rows,) + values.shape[1:]
+        group.create_array(name, data=values, chunks=chunks if chunks else "auto")
