@@ -1,0 +1,19 @@
+"""Data sources (NSD layout, generic folder) loaded into the one :class:`Dataset` type."""
+
+from napari_mine.data.dataset import Dataset, RoiVolume, dataset_from_source
+from napari_mine.data.generic import load_generic
+from napari_mine.data.images import ImageStore, read_image_file, to_rgb_uint8
+from napari_mine.data.nsd import NSD_ROI_LABELS, NSD_ROI_NAMES, load_nsd
+
+__all__ = [
+    "Dataset",
+    "ImageStore",
+    "NSD_ROI_LABELS",
+    "NSD_ROI_NAMES",
+    "RoiVolume",
+    "dataset_from_source",
+    "load_generic",
+    "load_nsd",
+    "read_image_file",
+    "to_rgb_uint8",
+]

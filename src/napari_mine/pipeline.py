@@ -1,0 +1,152 @@
+"""The batch steps that turn a dataset into a results store: features, then the encoder fit.
+
+Each step is one function of a dataset, a model and a store; the CLI and the napari widgets call the same
+functions. Long steps report progress through `on_progress(done, total)` and stop at the next batch when
+`should_stop()` returns True, leaving the store as it was (see `ResultsStore.write_step`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from napari_mine.errors import MineInputError
+from napari_mine.store import ResultsStore, write_arrays
+
+Progress = Callable[[int, int], None] | None
+StopFlag = Callable[[], bool] | None
+
+
+class Cancelled(RuntimeError):
+    """Raised inside a step when `should_stop()` asked it to end; nothing was written."""
+
+
+def model_record(backbone) -> dict:
+    """What identifies a backbone in a manifest: name, pretrained tag and weights checksum."""
+    return {
+        "id": f"{backbone.name}:{backbone.pretrained or ''}:{backbone.checksum}",
+        "name": backbone.name,
+        "pretrained": backbone.pretrained,
+        "checksum": backbone.checksum,
+        "embed_dim": int(backbone.embed_dim),
+        "image_size": int(backbone.image_size),
+    }
+
+
+def save_brain(dataset, store: ResultsStore) -> None:
+    """Write the volumes the viewer draws (mask, affine, anatomy, ROIs) once per store."""
+    if store.has("brain"):
+        return
+    rois = {f"roi/{roi.name}": np.asarray(roi.volume, dtype=np.int16) for roi in dataset.rois.values()}
+    labels = {roi.name: {str(k): v for k, v in roi.labels.items()} for roi in dataset.rois.values()}
+    with store.write_step("brain", {"roi_labels": labels}) as group:
+        arrays = {"mask": np.asarray(dataset.mask, dtype=bool), "affine": np.asarray(dataset.affine, float)}
+        if dataset.anatomy is not None:
+            arrays["anatomy"] = np.asarray(dataset.anatomy, dtype=np.float32)
+        if dataset.ncsnr is not None:
+            arrays["ncsnr"] = np.asarray(dataset.ncsnr, dtype=np.float32)
+        write_arrays(group, {**arrays, **rois})
+
+
+def compute_features(
+    dataset,
+    backbone,
+    store: ResultsStore,
+    *,
+    batch_size: int = 64,
+    on_progress: Progress = None,
+    should_stop: StopFlag = None,
+) -> int:
+    """Decompose every image of `dataset` with `backbone` into the store's token contribution cache.
+
+    Returns the number of images. Rows of `features.zarr` follow `dataset.images` order.
+    """
+    from napari_mine.decompose import decompose_to_store
+
+    store.check_model(model_record(backbone)["id"])
+    save_brain(dataset, store)
+    n_images = len(dataset.images)
+    if n_images == 0:
+        raise MineInputError("the dataset has no images; check the stimulus file or the images folder.")
+
+    def batches():
+        for start in range(0, n_images, batch_size):
+            index = np.arange(start, min(start + batch_size, n_images))
+            yield backbone.preprocess(dataset.images[index])
+
+    settings = {"batch_size": batch_size, "n_images": n_images}
+    with store.write_step("features", settings) as group:
+        decompose_to_store(
+            backbone.model, batches(), group, n_images=n_images, on_progress=on_progress, should_stop=should_stop
+        )
+        if group.attrs.get("complete") is False:
+            raise Cancelled("feature extraction was cancelled; the store is unchanged.")
+        write_arrays(group, {"image_ids": np.asarray(dataset.images.ids)})
+    return n_images
+
+
+def fit_encoder_step(dataset, store: ResultsStore, *, alphas=None, on_progress: Progress = None) -> dict:
+    """Fit the voxelwise ridge encoder on train images and score it on held-out images.
+
+    Responses are averaged over repeats per image (NSD practice); the noise ceiling uses the test images'
+    repeat counts. Returns per-ROI medians of the noise-ceiling-normalised r.
+    """
+    from napari_mine import encoding
+
+    store.require("features", "run `napari-mine features` first.")
+    save_brain(dataset, store)
+    features = store.array("features", "features")
+    stored_ids = store.array("features", "image_ids")
+    if not np.array_equal(stored_ids, np.asarray(dataset.images.ids)):
+        raise MineInputError(
+            f"the features in {store.root} were computed for other images than this dataset's; recompute them "
+            "with `napari-mine features` for this dataset."
+        )
+    image_ids, responses, n_repeats = dataset.image_responses()  # ids are rows of dataset.images
+    train_ids, test_ids = dataset.split()
+    is_test = np.isin(image_ids, test_ids)
+    if is_test.sum() < 10 or (~is_test).sum() < 10:
+        raise MineInputError("need at least 10 train and 10 test images with responses; use a larger dataset.")
+
+    kwargs = {} if alphas is None else {"alphas": np.asarray(alphas, dtype=float)}
+    encoder = encoding.fit_encoder(features[image_ids[~is_test]], responses[~is_test], **kwargs)
+    scores = encoding.evaluate(
+        encoder, features[image_ids[is_test]], responses[is_test], dataset.ncsnr, n_repeats[is_test]
+    )
+    effective_weights, effective_bias = encoder.effective_weights()
+    settings = {"n_train": int((~is_test).sum()), "n_test": int(is_test.sum())}
+    with store.write_step("encoder", settings) as group:
+        write_arrays(group, encoder.to_arrays())
+        write_arrays(
+            group,
+            {
+                "effective_weights": effective_weights.astype(np.float32),
+                "effective_bias": effective_bias.astype(np.float32),
+                "test_image_ids": image_ids[is_test],
+                **{f"accuracy/{k}": np.asarray(v, dtype=np.float32) for k, v in scores.items()},
+            },
+        )
+    return summarize_accuracy(dataset, scores)
+
+
+def summarize_accuracy(dataset, scores: dict) -> dict:
+    """Median r and noise-ceiling-normalised r for each labelled ROI (and all voxels)."""
+    roi_names = dataset.roi_of_voxels()
+    by_roi_nc, by_roi_r = {}, {}
+    for name in sorted({n for n in roi_names if n}):
+        in_roi = roi_names == name
+        by_roi_nc[name] = _nanmedian(scores["normalized_r"][in_roi])
+        by_roi_r[name] = _nanmedian(scores["r"][in_roi])
+    return {
+        "median_nc_r_by_roi": by_roi_nc,
+        "median_r_by_roi": by_roi_r,
+        "median_nc_r_all": _nanmedian(scores["normalized_r"]),
+        "n_voxels": int(len(scores["r"])),
+    }
+
+
+def _nanmedian(values: np.ndarray) -> float | None:
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if values.size else None
