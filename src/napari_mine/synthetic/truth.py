@@ -1,0 +1,111 @@
+"""The world's ground truth on disk (``<root>/ground_truth/``), which no loader reads.
+
+It holds what every later score needs: the scene behind each stimulus, the stimulus ids of the subject's
+images and the test set, and the simulated brain's complete parameters, so :func:`brain.true_response`
+can be recomputed for new (edited or generated) scenes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MineInputError
+from . import scenes as S
+from .brain import SimulatedBrain, VoxelTuning, true_response
+
+TRUTH_DIR = "ground_truth"
+_VOLUMES = ("affine", "brainmask", "cortex", "mask", "anatomy")
+
+
+@dataclass
+class WorldTruth:
+    """Ground truth of one written world.
+
+    ``scenes[i]`` is the scene of stimulus ``i`` (0-based row of ``imgBrick``); ``subject_images[j]`` is the
+    stimulus shown as the subject's image ``j`` (0-based column of ``subjectim``); ``shared_images`` are the
+    stimulus indices of the test set (shown ``repeats`` times).
+    """
+
+    brain: SimulatedBrain
+    scenes: list[S.Scene]
+    subject_images: np.ndarray
+    shared_images: np.ndarray
+    repeats: int
+
+    def true_response(self, scenes=None) -> np.ndarray:
+        """Noiseless nsdgeneral responses to ``scenes`` (default: every stimulus, in stimulus order)."""
+        return true_response(self.brain, self.scenes if scenes is None else scenes)
+
+
+def save_truth(folder: Path, truth: WorldTruth) -> None:
+    """Write the ground truth into ``folder`` (created; the caller makes the whole world atomic)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    brain, tuning = truth.brain, truth.brain.tuning
+    arrays = {name: getattr(brain, name) for name in _VOLUMES}
+    arrays.update({f"roi/{name}": volume for name, volume in brain.roi_volumes.items()})
+    arrays.update({f"tuning/{f.name}": getattr(tuning, f.name) for f in fields(VoxelTuning)})
+    np.savez_compressed(folder / "brain.npz", **arrays)
+    _write_json(folder / "brain.json", {
+        "seed": brain.seed, "pooling_exponent": brain.pooling_exponent,
+        "roi_labels": {name: {str(k): v for k, v in labels.items()} for name, labels in brain.roi_labels.items()},
+        "categories": list(S.CATEGORIES), "colors": list(S.COLORS),
+    })
+    _write_json(folder / "scenes.json", [S.scene_to_dict(scene) for scene in truth.scenes])
+    _write_json(folder / "stimuli.json", {
+        "subject_images": truth.subject_images.tolist(), "shared_images": truth.shared_images.tolist(),
+        "repeats": truth.repeats, "note": "0-based stimulus indices (rows of imgBrick)",
+    })
+    _write_json(folder / "subpopulations.json", subpopulation_summary(brain))
+
+
+def subpopulation_summary(brain: SimulatedBrain) -> dict:
+    """Per region: preferred category and voxel count of each known sub-population (readable truth)."""
+    t = brain.tuning
+    summary = {}
+    for roi in sorted(set(t.roi) - {""}):
+        members = t.roi == roi
+        category = int(t.category[members][0])
+        labels, counts = np.unique(t.subpopulation[members], return_counts=True)
+        summary[roi] = {"kind": str(t.kind[members][0]),
+                        "category": S.CATEGORIES[category] if category >= 0 else None,
+                        "n_voxels": int(members.sum()),
+                        "subpopulations": {str(k): int(n) for k, n in zip(labels, counts) if k}}
+    return summary
+
+
+def load_truth(root) -> WorldTruth:
+    """Read ``<root>/ground_truth`` back into a :class:`WorldTruth`.
+
+    Parameters
+    ----------
+    root : path
+        The world's root folder (the one ``write_world`` wrote).
+
+    Returns
+    -------
+    WorldTruth
+    """
+    folder = Path(root) / TRUTH_DIR
+    if not (folder / "brain.npz").is_file():
+        raise MineInputError(f"No ground truth in {folder}; point to a folder written by write_world.")
+    meta = json.loads((folder / "brain.json").read_text())
+    with np.load(folder / "brain.npz") as data:
+        tuning = VoxelTuning(**{f.name: data[f"tuning/{f.name}"] for f in fields(VoxelTuning)})
+        roi_labels = {name: {int(k): v for k, v in labels.items()} for name, labels in meta["roi_labels"].items()}
+        brain = SimulatedBrain(
+            **{name: data[name] for name in _VOLUMES},
+            roi_volumes={name: data[f"roi/{name}"] for name in roi_labels}, roi_labels=roi_labels,
+            tuning=tuning, pooling_exponent=float(meta["pooling_exponent"]), seed=int(meta["seed"]))
+    scenes = [S.scene_from_dict(d) for d in json.loads((folder / "scenes.json").read_text())]
+    stimuli = json.loads((folder / "stimuli.json").read_text())
+    return WorldTruth(brain, scenes, np.array(stimuli["subject_images"], int), np.array(stimuli["shared_images"], int),
+                      int(stimuli["repeats"]))
+
+
+def _write_json(path: Path, payload) -> None:
+    path.write_text(json.dumps(payload, indent=1))
