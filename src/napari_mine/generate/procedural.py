@@ -1,0 +1,284 @@
+"""The synthetic world's renderer as a generator: validation with a brain whose truth is known.
+
+An edit here is an edit of the *scene* (an object removed or added), and the image is the scene rendered,
+so validation can measure the true simulated brain on exactly what the image shows
+(``WorldTruth.true_response(scenes)``). The ``scenes_*`` methods return the edited scenes; ``generate``,
+``remove`` and ``insert`` render them. Because backgrounds, clutter and the other objects do not depend on
+an object, a rendered edit changes only the visible pixels of the removed or inserted object; everything
+else is kept exactly. Unlike the diffusers backend this one does not composite by the mask, since the image
+must stay the render of its scene: the whole object under the mask goes (also where it reaches past the
+mask), and an inserted object is fitted into the box of the mask's core.
+
+Descriptions use the captions' vocabulary: phrases ``"[a] [small|large] [colour] category [on the left |
+on the right | in the centre]"`` joined by "and" or commas (``"an empty scene"`` has no objects);
+attributes a phrase leaves out are drawn from the seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+import numpy as np
+
+from napari_mine.errors import MineInputError
+from napari_mine.generate.base import (Generator, Progress, StopFlag, checked_descriptions, checked_masks,
+                                       per_image, stop_if_asked)
+from napari_mine.synthetic import scenes as S
+
+EMPTY_SCENE = "an empty scene"
+POSITIONS = {"left": "left", "right": "right", "centre": "centre", "center": "centre"}
+FILLER_WORDS = {"a", "an", "the", "on", "in"}
+PHOTO_PREFIX = re.compile(r"^\s*(a\s+)?photo\s+of\s+")
+PLACEMENT_TRIES = 30
+GRAMMAR = ("[small|large] [colour] category [on the left|on the right|in the centre] phrases joined by 'and' "
+           f"(categories: {', '.join(S.CATEGORIES)}; colours: {', '.join(S.COLORS)})")
+
+
+class ProceduralGenerator(Generator):
+    """Render, remove and insert objects in synthetic-world scenes.
+
+    Parameters
+    ----------
+    scenes : sequence of Scene, optional
+        The world's scenes, so that an image can be addressed by its stimulus index (row of ``imgBrick``).
+    size : int
+        Side of the rendered images in pixels (masks of another size are resized to it).
+
+    Notes
+    -----
+    ``images`` in :meth:`remove` and :meth:`insert` are stimulus indices into ``scenes`` or
+    :class:`~napari_mine.synthetic.scenes.Scene` objects, not pixels: an edit needs the scene it edits.
+    """
+
+    def __init__(self, scenes=(), size: int = S.IMAGE_SIZE):
+        self.scenes = list(scenes)
+        self.image_size = (int(size), int(size))
+
+    @classmethod
+    def from_world(cls, root, size: int | None = None) -> "ProceduralGenerator":
+        """A generator that knows every stimulus of a world written by ``write_world``.
+
+        Parameters
+        ----------
+        root : path
+            The world's root folder.
+        size : int, optional
+            Image side; by default the size of the world's stored stimuli.
+        """
+        from napari_mine.synthetic.truth import load_truth
+
+        truth = load_truth(root)
+        return cls(truth.scenes, _stimulus_size(root) if size is None else size)
+
+    # ------------------------------------------------------------------------------------------- scenes
+
+    def scene(self, image) -> S.Scene:
+        """The scene of a stimulus index, or ``image`` itself when it is a Scene."""
+        if isinstance(image, S.Scene):
+            return image
+        if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
+            if not 0 <= image < len(self.scenes):
+                raise MineInputError(f"Stimulus index {image} is outside this world's {len(self.scenes)} scenes; "
+                                     "pass an index in range or a Scene.")
+            return self.scenes[int(image)]
+        raise MineInputError("The procedural generator edits scenes, not pixels; pass stimulus indices "
+                             f"or Scene objects (got {type(image).__name__}).")
+
+    def scenes_from_descriptions(self, descriptions, seed: int = 0) -> list[S.Scene]:
+        """One new scene per description (see the module docstring for the phrases)."""
+        descriptions = checked_descriptions(descriptions)
+        return [scene_from_description(text, np.random.default_rng([int(seed), i]))
+                for i, text in enumerate(descriptions)]
+
+    def scenes_without(self, images, masks) -> list[S.Scene]:
+        """Each scene without the object its mask overlaps most (soft intersection over union)."""
+        scenes = [self.scene(image) for image in _as_list(images)]
+        masks = checked_masks(masks, len(scenes), self.image_size)
+        return [S.remove_object(scene, _object_under(scene, mask, i, self.image_size[0]))
+                for i, (scene, mask) in enumerate(zip(scenes, masks))]
+
+    def scenes_with(self, images, masks, concepts, seed: int = 0) -> list[S.Scene]:
+        """Each scene with a new object of its concept centred on the mask and as large as the mask's extent.
+
+        A concept is a category, optionally with a colour (``"face"``, ``"red face"``, ``"a photo of a
+        face"``). The object is centred on the mask's centroid and made as large as fits inside the box of
+        the mask's core, so it stays (nearly) within the mask; an unspecified colour comes from the seed.
+        """
+        scenes = [self.scene(image) for image in _as_list(images)]
+        masks = checked_masks(masks, len(scenes), self.image_size)
+        concepts = per_image(concepts, len(scenes), "concept")
+        edited = []
+        for i, (scene, mask, concept) in enumerate(zip(scenes, masks, concepts)):
+            wanted = parse_phrase(PHOTO_PREFIX.sub("", concept.lower()), concept)
+            color = wanted["color"] or _draw_color(np.random.default_rng([int(seed), i]))
+            x, y, size = _placement_of(mask, wanted["category"])
+            edited.append(S.insert_object(scene, S.SceneObject(wanted["category"], color, x, y, size)))
+        return edited
+
+    def render(self, scenes, *, on_progress: Progress = None, should_stop: StopFlag = None) -> np.ndarray:
+        """Draw scenes as ``uint8 (B, size, size, 3)``, checking for cancellation before each image."""
+        scenes = list(scenes)
+        images = np.empty((len(scenes),) + self.image_size + (3,), np.uint8)
+        for i, scene in enumerate(scenes):
+            stop_if_asked(should_stop)
+            images[i] = S.render(scene, self.image_size[0])
+            if on_progress is not None:
+                on_progress(i + 1, len(scenes))
+        return images
+
+    # ------------------------------------------------------------------------------------------- interface
+
+    def generate(self, descriptions, seed: int = 0, *, on_progress: Progress = None,
+                 should_stop: StopFlag = None) -> np.ndarray:
+        """Render a new scene per description."""
+        return self.render(self.scenes_from_descriptions(descriptions, seed), on_progress=on_progress,
+                           should_stop=should_stop)
+
+    def remove(self, images, masks, seed: int = 0, *, on_progress: Progress = None,
+               should_stop: StopFlag = None) -> np.ndarray:
+        """Render each scene without the object under its mask (removal is deterministic; ``seed`` is unused)."""
+        return self.render(self.scenes_without(images, masks), on_progress=on_progress, should_stop=should_stop)
+
+    def insert(self, images, masks, concepts, seed: int = 0, *, on_progress: Progress = None,
+               should_stop: StopFlag = None) -> np.ndarray:
+        """Render each scene with its concept inserted into the masked region."""
+        return self.render(self.scenes_with(images, masks, concepts, seed), on_progress=on_progress,
+                           should_stop=should_stop)
+
+
+# ----------------------------------------------------------------------------------------------- descriptions
+
+
+def scene_from_description(text: str, rng: np.random.Generator) -> S.Scene:
+    """A scene with one object per phrase of ``text``; what a phrase leaves out is drawn from ``rng``.
+
+    Parameters
+    ----------
+    text : str
+        E.g. ``"a large red face on the left and a small car"``.
+    rng : numpy Generator
+
+    Returns
+    -------
+    Scene
+    """
+    cleaned = PHOTO_PREFIX.sub("", text.strip().lower())
+    if cleaned in (EMPTY_SCENE, "empty scene"):
+        phrases = []
+    else:
+        phrases = [p for p in re.split(r",|\band\b", cleaned) if p.strip()]
+        if not phrases:
+            raise MineInputError(f"The description {text!r} names no object; use {GRAMMAR}.")
+    objects: list[S.SceneObject] = []
+    for phrase in phrases:
+        objects.append(_sample_object(parse_phrase(phrase, text), objects, rng))
+    return S.Scene(tuple(objects), S.BACKGROUNDS[int(rng.integers(len(S.BACKGROUNDS)))], int(rng.integers(2**31 - 1)))
+
+
+def parse_phrase(phrase: str, text: str) -> dict:
+    """The attributes one phrase names: ``{"category", "size", "color", "position"}`` (None where unnamed)."""
+    found = {"category": None, "size": None, "color": None, "position": None}
+    for word in re.findall(r"[a-z]+", phrase.lower()):
+        if word in FILLER_WORDS:
+            continue
+        slot = ("category" if word in S.CATEGORIES else "size" if word in ("small", "large")
+                else "color" if word in S.COLORS else "position" if word in POSITIONS else None)
+        if slot is None:
+            raise MineInputError(f"Unknown word {word!r} in {text!r}; use {GRAMMAR}.")
+        if found[slot] is not None:
+            raise MineInputError(f"The phrase {phrase.strip()!r} of {text!r} names two {slot}s; "
+                                 "give one per object and join objects with 'and'.")
+        found[slot] = POSITIONS[word] if slot == "position" else word
+    if found["category"] is None:
+        raise MineInputError(f"The phrase {phrase.strip()!r} of {text!r} names no category; use {GRAMMAR}.")
+    return found
+
+
+def _sample_object(wanted: dict, placed: list[S.SceneObject], rng: np.random.Generator) -> S.SceneObject:
+    """An object with the named attributes, the rest drawn, placed away from the others where it can be."""
+    low, high = S.SIZE_RANGE
+    size_range = {"small": (low, S.LARGE_SIZE), "large": (S.LARGE_SIZE, high), None: (low, high)}[wanted["size"]]
+    size = float(rng.uniform(*size_range))
+    color = wanted["color"] or _draw_color(rng)
+    for _ in range(PLACEMENT_TRIES):
+        x, y = _draw_position(rng, size, wanted["position"])
+        if all(np.hypot(x - o.x, y - o.y) > 0.7 * (size + o.size) / 2 for o in placed):
+            break
+    return S.SceneObject(wanted["category"], color, x, y, size)
+
+
+def _draw_color(rng: np.random.Generator) -> str:
+    return list(S.COLORS)[int(rng.integers(len(S.COLORS)))]
+
+
+def _draw_position(rng: np.random.Generator, size: float, position: str | None) -> tuple[float, float]:
+    """A centre inside the image whose caption phrase is ``position`` (any when None)."""
+    half = size / 2
+    x_range = {None: (half, 1 - half), "left": (half, S.LEFT_EDGE), "centre": (S.LEFT_EDGE, S.RIGHT_EDGE),
+               "right": (np.nextafter(S.RIGHT_EDGE, 1.0), 1 - half)}[position]
+    return float(rng.uniform(*x_range)), float(rng.uniform(half, 1 - half))
+
+
+# ----------------------------------------------------------------------------------------------- masks
+
+
+def _object_under(scene: S.Scene, mask: np.ndarray, index: int, size: int) -> int:
+    """Index of the object whose visible pixels overlap the mask most (soft intersection over union)."""
+    visible = S.object_masks(scene, size).astype(np.float32)
+    if len(visible):
+        overlap = np.minimum(visible, mask).sum((1, 2)) / np.maximum(visible, mask).sum((1, 2))
+        if overlap.max() > 0:
+            return int(np.argmax(overlap))
+    raise MineInputError(f"Mask {index} overlaps no visible object of its scene; draw the mask over an object.")
+
+
+def _placement_of(mask: np.ndarray, category: str) -> tuple[float, float, float]:
+    """Centre and size (image fractions) of the largest ``category`` object centred on the mask's centroid
+    whose bounding box stays inside the box of the mask's core (values >= 0.5, or > 0 for a faint mask)."""
+    height, width = mask.shape
+    weights = mask / mask.sum()
+    cy = float((weights.sum(1) * (np.arange(height) + 0.5)).sum())
+    cx = float((weights.sum(0) * (np.arange(width) + 0.5)).sum())
+    rows, cols = np.nonzero(mask >= 0.5) if (mask >= 0.5).any() else np.nonzero(mask > 0)
+    room_y = 2 * min(cy - rows.min(), rows.max() + 1 - cy)
+    room_x = 2 * min(cx - cols.min(), cols.max() + 1 - cx)
+    span_y, span_x, shift_y, shift_x = _box_per_size(category)
+    size = float(np.clip(min(room_y / span_y, room_x / span_x) / width, 1.0 / width, 1.0))
+    x = float(np.clip(cx / width - shift_x * size, 0.0, 1.0))
+    y = float(np.clip(cy / height - shift_y * size, 0.0, 1.0))
+    return x, y, size
+
+
+@functools.lru_cache(maxsize=None)
+def _box_per_size(category: str) -> tuple[float, float, float, float]:
+    """Bounding box of a ``category`` object per unit of its size: height, width, and the box centre's
+    offset from the object's centre (rows, columns)."""
+    reference, side = 0.5, 256
+    silhouette = S.silhouettes(S.Scene((S.SceneObject(category, "red", 0.5, 0.5, reference),), "plain", 0), side)[0]
+    rows, cols = np.nonzero(silhouette)
+    unit = reference * side
+    span_y, span_x = (rows.max() + 1 - rows.min()) / unit, (cols.max() + 1 - cols.min()) / unit
+    shift_y = ((rows.min() + rows.max() + 1) / 2 - side / 2) / unit
+    shift_x = ((cols.min() + cols.max() + 1) / 2 - side / 2) / unit
+    return span_y, span_x, shift_y, shift_x
+
+
+def _as_list(images) -> list:
+    if isinstance(images, (S.Scene, int, np.integer)):
+        raise MineInputError("remove and insert take a batch; wrap one stimulus index or Scene in a list.")
+    return list(images)
+
+
+def _stimulus_size(root) -> int:
+    """Side of the stimuli stored in a world's ``imgBrick``."""
+    import h5py
+
+    from napari_mine.synthetic.write_nsd import STIMULI
+
+    path = Path(root) / STIMULI
+    if not path.is_file():
+        raise MineInputError(f"No stimuli file at {path}; point to a folder written by write_world.")
+    with h5py.File(path, "r") as handle:
+        return int(handle["imgBrick"].shape[1])
