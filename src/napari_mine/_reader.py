@@ -1,0 +1,325 @@
+"""npe2 readers: NIfTI volumes and MINE results stores, as napari layer tuples.
+
+Both readers give every layer its voxel grid's placement in world millimetres (``scale`` and ``translate``
+from the affine), so that layers from different files line up and a click resolves to the right voxel
+through ``layer.world_to_data``. Layers read from a results store carry
+``metadata["napari_mine"] = {"store": path, "role": ...}``: the dock widgets find the store through the
+layers (the shared state of the viewer), never through each other.
+
+World axes of a results store: ``(image, x, y, z)``. Brain volumes are 3-D and fill the last three axes;
+the stimulus stack is ``(image, 1, H, W, rgb)``: its first axis is the "stimulus" slider, its singleton
+axis is stretched over the brain's whole x range (so it stays visible at every brain slice), and the image
+plane sits beside the brain's (y, z) slice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from napari_mine.errors import MineInputError
+
+META = "napari_mine"
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+LABEL_TABLE_SUFFIXES = (".ctab", ".mgz.ctab", ".nii.ctab", ".nii.gz.ctab", "_labels.txt")
+OBLIQUE_TOLERANCE = 1e-3
+ACCURACY_COLORMAP = "inferno"
+ANATOMY_OPACITY = 0.5  # a dimmed anatomy, so that the accuracy map and ROI outlines stand out on it
+STIMULUS_GAP = 0.08  # gap between the brain slice and the stimulus, as a fraction of the brain's width
+
+
+# ---- placement ---------------------------------------------------------------------------------------
+def affine_placement(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``scale``, ``translate`` and whether the affine is oblique, for a 4×4 voxel-to-world affine.
+
+    An axis-aligned affine is represented exactly (its signed diagonal as scale, so flipped axes stay
+    flipped). An oblique one (rotation or shear, or axes swapped) cannot be a napari scale: the voxel
+    sizes (column norms) and the translation are used and the caller warns.
+    """
+    affine = np.asarray(affine, dtype=float)
+    linear = affine[:3, :3]
+    sizes = np.linalg.norm(linear, axis=0)
+    off_diagonal = linear - np.diag(np.diag(linear))
+    oblique = bool(np.abs(off_diagonal).max() > OBLIQUE_TOLERANCE * sizes.max())
+    scale = sizes if oblique else np.diag(linear).copy()
+    return scale, affine[:3, 3].copy(), oblique
+
+
+# ---- NIfTI --------------------------------------------------------------------------------------------
+def get_nifti_reader(path):
+    """npe2 reader hook: a reader for one ``.nii``/``.nii.gz`` path, else None."""
+    if isinstance(path, list):
+        if not path or not all(_is_nifti(p) for p in path):
+            return None
+        return _read_nifti_paths
+    return _read_nifti_paths if _is_nifti(path) else None
+
+
+def _is_nifti(path) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def _read_nifti_paths(path) -> list[tuple]:
+    paths = path if isinstance(path, list) else [path]
+    return [layer for p in paths for layer in read_nifti(p)]
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def find_label_table(path: str | Path) -> Path | None:
+    """The label table beside a volume (``<stem>.ctab``, ``<stem>.mgz.ctab``, ``<stem>_labels.txt``, …) or None.
+
+    Tables hold lines ``k name [r g b a]`` (FreeSurfer's colour-table format, as NSD ships them).
+    """
+    path = Path(path)
+    stem = _stem(path)
+    for suffix in LABEL_TABLE_SUFFIXES:
+        candidate = path.with_name(stem + suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_nifti(path: str | Path) -> list[tuple]:
+    """Read one NIfTI file as one layer tuple.
+
+    3-D volumes become an Image layer, or a Labels layer when the volume holds integers and a label table
+    lies beside it. A 4-D volume becomes one Image layer whose first axis is the volume index (read one
+    volume at a time, lazily). Higher dimensions are refused.
+    """
+    from napari.utils.notifications import show_warning
+
+    from napari_mine.data.dataset import open_nifti, read_label_table, reading
+
+    path = Path(path)
+    image = open_nifti(path, keep_open=True)  # a 4-D series is then read volume by volume from one handle
+    shape = image.shape
+    scale, translate, oblique = affine_placement(image.affine)
+    if oblique:
+        show_warning(
+            f"{path.name} has an oblique affine; it is shown with its voxel sizes {np.round(scale, 3).tolist()} "
+            "and without its rotation, so its world coordinates are approximate."
+        )
+    name = _stem(path)
+    metadata = {"affine": np.asarray(image.affine).tolist(), "path": str(path)}
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) == 3:
+        with reading(path):
+            volume = np.asanyarray(image.dataobj)
+        volume = volume.reshape(shape)
+        table = find_label_table(path)
+        labels = read_label_table(table) if table is not None else {}
+        if labels and _is_integral(volume):
+            data = np.where(volume > 0, np.rint(volume), 0).astype(np.int32)
+            kwargs = {"name": name, "scale": scale, "translate": translate, "metadata": metadata,
+                      "features": _label_features(labels)}
+            return [(data, kwargs, "labels")]
+        kwargs = {"name": name, "scale": scale, "translate": translate, "metadata": metadata}
+        return [(volume, kwargs, "image")]
+    if len(shape) == 4:
+        data = _lazy_volumes(image, path)
+        step = float(image.header.get_zooms()[3]) if len(image.header.get_zooms()) > 3 else 1.0
+        kwargs = {
+            "name": name,
+            "scale": np.concatenate([[step if step > 0 else 1.0], scale]),
+            "translate": np.concatenate([[0.0], translate]),
+            "metadata": metadata,
+            "axis_labels": ("volume", "x", "y", "z"),
+        }
+        return [(data, kwargs, "image")]
+    raise MineInputError(
+        f"{path.name} has {len(shape)} dimensions {shape}; napari-mine reads 3-D volumes and 4-D series only, "
+        "split it into 3-D or 4-D files first."
+    )
+
+
+def _is_integral(volume: np.ndarray) -> bool:
+    if np.issubdtype(volume.dtype, np.integer):
+        return True
+    finite = volume[np.isfinite(volume)]
+    return bool(finite.size) and bool(np.all(finite == np.rint(finite)))
+
+
+def _label_features(labels: dict[int, str]) -> dict:
+    """A features table napari shows in the status bar when hovering a label (row = label value)."""
+    index = [0] + sorted(labels)
+    return {"index": index, "name": ["none"] + [labels[k] for k in sorted(labels)]}
+
+
+def _lazy_volumes(image, path: Path):
+    """A dask array ``(n_volumes, X, Y, Z)`` reading one volume of a 4-D NIfTI per chunk."""
+    import dask.array as da
+
+    from napari_mine.data.dataset import reading
+
+    n_volumes = image.shape[3]
+    with reading(path):
+        first = np.asarray(image.dataobj[..., 0])
+
+    def read_block(block_info=None):
+        index = block_info[None]["chunk-location"][0]
+        with reading(path):
+            return np.asarray(image.dataobj[..., index], dtype=first.dtype)[None]
+
+    chunks = ((1,) * n_volumes,) + tuple((size,) for size in image.shape[:3])
+    return da.map_blocks(read_block, chunks=chunks, dtype=first.dtype, meta=np.empty((0, 0, 0, 0), first.dtype))
+
+
+# ---- results store ------------------------------------------------------------------------------------
+def get_store_reader(path):
+    """npe2 reader hook: a reader for a MINE results folder (one holding a napari-mine manifest.json)."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    path = Path(path)
+    if path.name == "manifest.json":
+        path = path.parent
+    if not (path / "manifest.json").is_file():
+        return None
+    return _read_store_path
+
+
+def _read_store_path(path) -> list[tuple]:
+    path = Path(path[0] if isinstance(path, list) else path)
+    return read_store(path.parent if path.name == "manifest.json" else path)
+
+
+def layer_metadata(store_root, role: str, **extra) -> dict:
+    """The metadata by which widgets recognise a layer of a results store and its role in it."""
+    return {META: {"store": str(Path(store_root).resolve()), "role": role, **extra}}
+
+
+def read_store(path: str | Path, *, stimuli: bool = True) -> list[tuple]:
+    """Layer tuples of a results store: anatomy, accuracy map, ROI outlines and the stimulus stack.
+
+    The accuracy map (noise-ceiling-normalised r of the held-out images) is drawn over the anatomy and
+    only inside the mask; ROI volumes are Labels drawn as outlines; the stimuli are read lazily, one image
+    per chunk, through the dataset named in the manifest.
+    """
+    from napari.utils.notifications import show_warning
+
+    from napari_mine.store import ResultsStore
+
+    store = ResultsStore.open(path)
+    store.require("brain", "run `napari-mine features` on a dataset first.")
+    brain = store.group("brain")
+    mask = np.asarray(brain["mask"][...], dtype=bool)
+    affine = np.asarray(brain["affine"][...], dtype=float)
+    scale, translate, oblique = affine_placement(affine)
+    if oblique:
+        show_warning(f"{store.root.name}: the brain grid is oblique; it is shown with its voxel sizes only.")
+    place = {"scale": scale, "translate": translate}
+    layers = []
+    if "anatomy" in brain:
+        anatomy = np.asarray(brain["anatomy"][...], dtype=np.float32)
+        low, high = np.percentile(anatomy[np.isfinite(anatomy)], [1, 99.5]) if anatomy.size else (0, 1)
+        layers.append((anatomy, {"name": "anatomy", **place, "colormap": "gray", "opacity": ANATOMY_OPACITY,
+                                 "contrast_limits": (float(low), float(max(high, low + 1e-6))),
+                                 "metadata": layer_metadata(store.root, "anatomy")}, "image"))
+    if store.has("encoder"):
+        normalized = np.asarray(store.array("encoder", "accuracy/normalized_r"), dtype=np.float32)
+        volume = np.full(mask.shape, np.nan, dtype=np.float32)
+        volume[mask] = normalized
+        layers.append((volume, {
+            "name": "accuracy (r / noise ceiling)", **place, "colormap": ACCURACY_COLORMAP,
+            "contrast_limits": (0.0, 1.0), "blending": "translucent", "opacity": 0.8,
+            "metadata": layer_metadata(store.root, "accuracy"),
+        }, "image"))
+    else:
+        layers.append((mask.astype(np.uint8), {
+            "name": "brain mask", **place, "colormap": "cyan", "contrast_limits": (0, 1), "blending": "additive",
+            "opacity": 0.4, "metadata": layer_metadata(store.root, "mask"),
+        }, "image"))
+    roi_labels = store.manifest["steps"]["brain"]["settings"].get("roi_labels", {})
+    if "roi" in brain:
+        for name in sorted(brain["roi"].array_keys()):
+            labels = {int(k): v for k, v in roi_labels.get(name, {}).items()}
+            volume = np.asarray(brain["roi"][name][...])
+            data = np.where(volume > 0, volume, 0).astype(np.int32)
+            layers.append((data, {
+                "name": f"ROI {name}", **place, "opacity": 0.5,
+                "visible": name.startswith("floc-"),
+                "features": _label_features(labels),
+                "metadata": layer_metadata(store.root, "roi", roi=name, labels={str(k): v for k, v in labels.items()}),
+            }, "labels"))
+    if stimuli:
+        try:
+            images = open_stimuli(store)
+        except MineInputError as error:
+            show_warning(f"The stimuli of {store.root.name} are not shown: {error}")
+        else:
+            layers.append(stimulus_layer(images, store.root, mask.shape, scale, translate))
+    return layers
+
+
+def open_stimuli(store):
+    """The dataset's images (an ImageStore, lazy) in the order of the store's feature rows.
+
+    NSD-layout sources (the synthetic world included) are opened from the stimulus brick and the stored
+    image ids alone, without reading any betas; other sources are reopened through their loader.
+    """
+    source = store.manifest.get("dataset") or {}
+    if not source:
+        raise MineInputError("the manifest names no dataset; recompute the features with `napari-mine features`.")
+    if source.get("format") == "nsd" and store.has("features"):
+        from napari_mine.data import ImageStore
+        from napari_mine.data.nsd import NsdTree
+
+        tree = NsdTree(source["root"], int(source.get("subject", 1)))
+        stimuli = tree.require("nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5")
+        return ImageStore.from_hdf5(stimuli, store.array("features", "image_ids"))
+    from napari_mine.data import dataset_from_source
+
+    return dataset_from_source(source).images
+
+
+def stimulus_layer(images, store_root, brain_shape, scale, translate) -> tuple:
+    """The stimulus stack as a lazy ``(image, 1, H, W, 3)`` Image layer placed beside the brain slice."""
+    import dask.array as da
+
+    first = images[0]
+    height, width = first.shape[:2]
+    n_images = len(images)
+
+    def read_block(block_info=None):
+        index = block_info[None]["chunk-location"][0]
+        return np.asarray(images[index], dtype=np.uint8)[None, None]
+
+    data = da.map_blocks(
+        read_block, chunks=((1,) * n_images, (1,), (height,), (width,), (3,)), dtype=np.uint8,
+        meta=np.empty((0, 0, 0, 0, 0), np.uint8),
+    )
+    stim_scale, stim_translate = stimulus_placement(brain_shape, scale, translate, (height, width))
+    return (data, {
+        "name": "stimuli", "rgb": True, "scale": stim_scale, "translate": stim_translate,
+        "axis_labels": ("image", "x", "y", "z"),
+        "metadata": layer_metadata(store_root, "stimuli", n_images=n_images, image_shape=[height, width]),
+    }, "image")
+
+
+def stimulus_placement(brain_shape, scale, translate, image_shape) -> tuple[np.ndarray, np.ndarray]:
+    """``scale`` and ``translate`` of a ``(image, 1, H, W)`` stack shown beside the brain's (y, z) slice.
+
+    The image is as tall as the brain's y extent and starts a small gap after the brain's z extent. Its
+    singleton axis spans the brain's x range, so it is drawn at every x slice.
+    """
+    scale = np.asarray(scale, dtype=float)
+    translate = np.asarray(translate, dtype=float)
+    first_edge = translate - 0.5 * scale
+    last_edge = translate + (np.asarray(brain_shape) - 0.5) * scale
+    low, high = np.minimum(first_edge, last_edge), np.maximum(first_edge, last_edge)
+    extent = high - low
+    pixel = extent[1] / image_shape[0]
+    x_centre = 0.5 * (low[0] + high[0])
+    stim_scale = np.array([1.0, extent[0], pixel, pixel])
+    stim_translate = np.array([0.0, x_centre, low[1] + 0.5 * pixel, high[2] + STIMULUS_GAP * extent[2] + 0.5 * pixel])
+    return stim_scale, stim_translate

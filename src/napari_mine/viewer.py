@@ -1,0 +1,46 @@
+"""Open napari on a results folder with the napari-mine widgets docked (what `napari-mine view` runs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_WIDGETS = ("Voxel inspector", "ROI explorer")
+
+
+def view_results(path: str | os.PathLike, *, widgets=DEFAULT_WIDGETS, block: bool = True, show: bool = True):
+    """Open a napari viewer on the results store at ``path``, with ``widgets`` docked on the right.
+
+    Parameters
+    ----------
+    path : path
+        A results folder (holding ``manifest.json``).
+    widgets : sequence of str
+        Display names of napari-mine widgets to dock ("Data and model", "Fit", "Voxel inspector",
+        "ROI explorer").
+    block : bool
+        Run the Qt event loop until the window is closed (False returns at once, e.g. in a notebook).
+    show : bool
+        Show the window (False for scripted screenshots and tests).
+
+    Returns
+    -------
+    napari.Viewer
+    """
+    import napari
+
+    from napari_mine._widgets._common import brain_layer, focus_on_brain, mine_meta
+    from napari_mine.store import ResultsStore
+
+    store = ResultsStore.open(path)  # refuses a folder that is not a results store, in one sentence
+    viewer = napari.Viewer(title=f"napari-mine: {Path(store.root).name}", show=show)
+    viewer.open(str(store.root), plugin="napari-mine")
+    for index, name in enumerate(widgets):
+        viewer.window.add_plugin_dock_widget("napari-mine", name, tabify=index > 0)
+    brain = brain_layer(viewer)
+    if brain is not None:
+        viewer.layers.selection.active = brain
+        focus_on_brain(viewer, mine_meta(brain)["store"])
+    if block:
+        napari.run()
+    return viewer

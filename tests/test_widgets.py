@@ -1,0 +1,365 @@
+"""The dock widgets driven as a user would: open data, click voxels, move the stimulus slider, fit, cancel.
+
+One tiny synthetic world (150 images) and its fitted results store are built once per session through
+the real pipeline (loader → shipped mine-small → features → encoder) and only read afterwards; tests that
+write (Data and model, Fit) use fresh results folders.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from napari_mine._reader import META
+from napari_mine._widgets._store_view import import_torch
+
+# Load torch, open_clip and triton before any napari canvas exists: with Mesa's software OpenGL (Xvfb) in
+# the process, a first import of triton afterwards (open_clip → torchvision → torch._dynamo) crashes it.
+# The plugin guards its own imports; importing here keeps every test module of the session safe too.
+import_torch()
+
+pytestmark = pytest.mark.gui
+N_IMAGES = 150
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """A synthetic world in the NSD layout: 150 images, 30 of them shown 3 times, two sessions."""
+    from napari_mine.synthetic.write_nsd import write_world
+
+    root = tmp_path_factory.mktemp("viewer") / "world"
+    write_world(root, seed=3, n_images=N_IMAGES, n_shared=30, repeats=3, trials_per_session=105)
+    return root
+
+
+@pytest.fixture(scope="session")
+def fitted_store(tiny_world):
+    """The world's results store with features and a fitted encoder (read-only for the tests)."""
+    from napari_mine._widgets._store_view import shared_backbone
+    from napari_mine.data import load_nsd
+    from napari_mine.pipeline import compute_features, fit_encoder_step, model_record
+    from napari_mine.store import ResultsStore
+
+    dataset = load_nsd(tiny_world, subject=1)
+    backbone = shared_backbone("mine-small", None, None)
+    store = ResultsStore.create(tiny_world.parent / "results", model=model_record(backbone), dataset=dataset.source)
+    compute_features(dataset, backbone, store)
+    fit_encoder_step(dataset, store)
+    return store.root.resolve()
+
+
+@pytest.fixture
+def viewer_with_store(make_napari_viewer, fitted_store):
+    viewer = make_napari_viewer()
+    viewer.open(str(fitted_store), plugin="napari-mine")
+    return viewer
+
+
+def dock(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mine", name)
+    return widget
+
+
+def layer_of(viewer, role):
+    return next(layer for layer in viewer.layers if layer.metadata.get(META, {}).get("role") == role)
+
+
+def world_position(viewer, ijk):
+    """The world position of a voxel's centre (and the current stimulus), as napari reports a click."""
+    brain = layer_of(viewer, "accuracy")
+    position = np.array(viewer.dims.point, dtype=float)
+    position[-3:] = brain.data_to_world(ijk)
+    viewer.dims.set_point(range(viewer.dims.ndim - 3, viewer.dims.ndim), position[-3:])
+    return position
+
+
+def click(viewer, widget, position, view_direction=None):
+    """Press and release (no move) through the widget's own viewer mouse callback, as napari drives it."""
+    [callback] = [cb for cb in viewer.mouse_drag_callbacks if getattr(cb, "__self__", None) is widget]
+    event = SimpleNamespace(type="mouse_press", position=tuple(position), button=1, modifiers=[],
+                            view_direction=view_direction, dims_displayed=list(viewer.dims.displayed))
+    gesture = callback(viewer, event)
+    next(gesture)
+    event.type = "mouse_release"
+    with pytest.raises(StopIteration):
+        next(gesture)
+
+
+def good_voxel(store):
+    """A well-predicted voxel with a labelled category ROI (what a researcher would click)."""
+    from napari_mine._widgets._store_view import open_view
+
+    view = open_view(store)
+    faces = view.rois["floc-faces"][0][view.mask] > 0
+    voxel = int(np.nanargmax(np.where(faces, view.accuracy["r"], -np.inf)))
+    return voxel, view.ijk_of(voxel)
+
+
+# ---- sample data and the viewer helper ----------------------------------------------------------------
+def test_sample_data_reuses_a_built_demo_store(fitted_store, tmp_path, monkeypatch, make_napari_viewer):
+    from napari_mine import _sample_data
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / f"demo-seed{_sample_data.SAMPLE_SEED}-{_sample_data.SAMPLE_IMAGES}").symlink_to(fitted_store)
+    monkeypatch.setenv("NAPARI_MINE_CACHE", str(cache))
+    monkeypatch.setattr("napari_mine.demo.run_demo", lambda *a, **k: pytest.fail("the demo was rebuilt"))
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-mine", "demo-world")
+    roles = {layer.metadata[META]["role"] for layer in viewer.layers}
+    assert {"anatomy", "accuracy", "roi", "stimuli"} <= roles
+    stimuli = layer_of(viewer, "stimuli")
+    assert stimuli.data.shape[:2] == (N_IMAGES, 1) and stimuli.rgb
+
+
+def test_view_results_docks_the_widgets_on_the_store(fitted_store, qtbot):
+    from napari_mine.viewer import view_results
+
+    viewer = view_results(fitted_store, block=False, show=False)
+    try:
+        assert {"Voxel inspector (napari-mine)", "ROI explorer (napari-mine)"} <= set(viewer.window.dock_widgets)
+        assert layer_of(viewer, "accuracy").visible
+    finally:
+        viewer.close()
+
+
+def test_stimuli_are_read_lazily_in_store_row_order(viewer_with_store, fitted_store):
+    from napari_mine._widgets._store_view import open_view
+
+    stimuli = layer_of(viewer_with_store, "stimuli")
+    images = open_view(fitted_store).images
+    np.testing.assert_array_equal(np.asarray(stimuli.data[7, 0]), images[7])
+
+
+# ---- voxel inspector --------------------------------------------------------------------------------
+def test_click_on_a_voxel_fills_the_inspector(viewer_with_store, fitted_store, qtbot):
+    viewer = viewer_with_store
+    inspector = dock(viewer, "Voxel inspector")
+    voxel, ijk = good_voxel(fitted_store)
+    with qtbot.waitSignal(inspector.updated, timeout=TIMEOUT_MS) as blocker:
+        click(viewer, inspector, world_position(viewer, ijk))
+    assert blocker.args == ["report"]
+    assert inspector.fields["ijk"].text() == str(tuple(ijk))
+    assert "FFA" in inspector.fields["roi"].text() or "OFA" in inspector.fields["roi"].text() \
+        or "faces" in inspector.fields["roi"].text()
+    assert "% of variance" in inspector.fields["noise_ceiling"].text()
+    assert float(inspector.fields["r"].text()) > 0
+    brain = layer_of(viewer, "accuracy")
+    world = [float(v) for v in inspector.fields["world"].text().strip("()").split(",")]
+    np.testing.assert_allclose(world, brain.data_to_world(ijk), atol=0.06)
+    marker = layer_of(viewer, "voxel")
+    np.testing.assert_array_equal(marker.data, [ijk])
+    assert marker.metadata[META]["voxel"] == voxel
+    assert len(inspector.top_rows) == 8 and all(not button.icon().isNull() for button in inspector.thumbnails)
+    assert len(inspector.profile_chart.labels) == 10
+    assert inspector.description.text() not in ("", "–")
+    overlay = layer_of(viewer, "attribution")
+    assert overlay.metadata[META]["voxel"] == voxel and overlay.data.shape == (1, 8, 8)
+
+
+def test_moving_the_stimulus_slider_recomputes_the_overlay(viewer_with_store, fitted_store, qtbot):
+    viewer = viewer_with_store
+    inspector = dock(viewer, "Voxel inspector")
+    _, ijk = good_voxel(fitted_store)
+    with qtbot.waitSignal(inspector.updated, timeout=TIMEOUT_MS):
+        click(viewer, inspector, world_position(viewer, ijk))
+    overlay = layer_of(viewer, "attribution")
+    before = overlay.metadata[META]["raw"].copy()
+    shown_before = overlay.data.copy()
+    with qtbot.waitSignal(inspector.updated, timeout=TIMEOUT_MS) as blocker:
+        viewer.dims.set_current_step(0, 42)
+    assert blocker.args == ["overlay"]
+    assert overlay.metadata[META]["image"] == 42
+    assert not np.allclose(overlay.metadata[META]["raw"], before)
+    assert not np.array_equal(overlay.data, shown_before)
+    assert "#42" in inspector.map_label.text()
+
+
+def test_overlay_controls_set_opacity_and_hide_small_patches(viewer_with_store, fitted_store, qtbot):
+    viewer = viewer_with_store
+    inspector = dock(viewer, "Voxel inspector")
+    _, ijk = good_voxel(fitted_store)
+    with qtbot.waitSignal(inspector.updated, timeout=TIMEOUT_MS):
+        click(viewer, inspector, world_position(viewer, ijk))
+    overlay = layer_of(viewer, "attribution")
+    inspector.opacity.setValue(40)
+    assert overlay.opacity == pytest.approx(0.4)
+    inspector.threshold.setValue(0)
+    all_patches = np.count_nonzero(overlay.data)
+    inspector.threshold.setValue(90)
+    raw = overlay.metadata[META]["raw"]
+    assert np.count_nonzero(overlay.data) == np.count_nonzero(np.abs(raw) >= 0.9 * np.abs(raw).max())
+    assert np.count_nonzero(overlay.data) < all_patches
+
+
+def test_thumbnail_moves_the_stimulus_slider_to_that_image(viewer_with_store, fitted_store, qtbot):
+    viewer = viewer_with_store
+    inspector = dock(viewer, "Voxel inspector")
+    _, ijk = good_voxel(fitted_store)
+    with qtbot.waitSignal(inspector.updated, timeout=TIMEOUT_MS):
+        click(viewer, inspector, world_position(viewer, ijk))
+    best = inspector.top_rows[1]
+    with qtbot.waitSignal(inspector.updated, timeout=TIMEOUT_MS):
+        inspector.thumbnails[1].click()
+    assert viewer.dims.current_step[0] == best
+    assert layer_of(viewer, "attribution").metadata[META]["image"] == best
+
+
+def test_click_outside_the_mask_only_informs(viewer_with_store, qtbot):
+    from napari.utils.notifications import notification_manager
+
+    viewer = viewer_with_store
+    inspector = dock(viewer, "Voxel inspector")
+    n_layers = len(viewer.layers)
+    with qtbot.waitSignal(inspector.updated, timeout=TIMEOUT_MS) as blocker:
+        click(viewer, inspector, world_position(viewer, (0, 0, 0)))
+    assert blocker.args == ["outside"]
+    assert "outside the brain mask" in str(notification_manager.records[-1].message)
+    assert len(viewer.layers) == n_layers and inspector.fields["ijk"].text() == "–"
+
+
+def test_click_in_3d_picks_the_first_mask_voxel_along_the_ray(viewer_with_store, fitted_store, qtbot):
+    from napari_mine._widgets._store_view import open_view
+
+    viewer = viewer_with_store
+    inspector = dock(viewer, "Voxel inspector")
+    viewer.dims.ndisplay = 3
+    mask = open_view(fitted_store).mask
+    _, ijk = good_voxel(fitted_store)
+    first = next(i for i in range(mask.shape[0]) if mask[i, ijk[1], ijk[2]])  # along +x from outside
+    brain = layer_of(viewer, "accuracy")
+    position = np.array(viewer.dims.point, dtype=float)
+    position[-3:] = brain.data_to_world((-5, ijk[1], ijk[2]))
+    direction = np.zeros(viewer.dims.ndim)
+    direction[-3] = 1.0
+    with qtbot.waitSignal(inspector.updated, timeout=TIMEOUT_MS):
+        click(viewer, inspector, position, view_direction=direction)
+    assert inspector.fields["ijk"].text() == str((first, ijk[1], ijk[2]))
+
+
+def test_a_failing_job_shows_an_error_and_the_viewer_keeps_working(viewer_with_store, fitted_store, qtbot,
+                                                                   monkeypatch):
+    from napari.utils.notifications import notification_manager
+
+    from napari_mine._widgets._store_view import StoreView
+
+    viewer = viewer_with_store
+    inspector = dock(viewer, "Voxel inspector")
+    _, ijk = good_voxel(fitted_store)
+    with monkeypatch.context() as patch:
+        patch.setattr(StoreView, "report", lambda *args: (_ for _ in ()).throw(RuntimeError("disk vanished")))
+        with qtbot.waitSignal(inspector.updated, timeout=TIMEOUT_MS) as blocker:
+            click(viewer, inspector, world_position(viewer, ijk))
+    assert blocker.args == ["failed"]
+    assert any("disk vanished" in str(record.message) for record in notification_manager.records)
+    with qtbot.waitSignal(inspector.updated, timeout=TIMEOUT_MS) as blocker:
+        click(viewer, inspector, world_position(viewer, ijk))
+    assert blocker.args == ["report"]
+
+
+def test_removing_the_dock_detaches_the_mouse_callback(viewer_with_store):
+    viewer = viewer_with_store
+    inspector = dock(viewer, "Voxel inspector")
+    assert any(getattr(cb, "__self__", None) is inspector for cb in viewer.mouse_drag_callbacks)
+    viewer.window.remove_dock_widget(inspector)
+    assert not any(getattr(cb, "__self__", None) is inspector for cb in viewer.mouse_drag_callbacks)
+
+
+# ---- ROI explorer -------------------------------------------------------------------------------------
+def test_roi_explorer_profiles_and_clusters_the_selected_voxels_roi(viewer_with_store, fitted_store, qtbot):
+    viewer = viewer_with_store
+    inspector = dock(viewer, "Voxel inspector")
+    explorer = dock(viewer, "ROI explorer")
+    qtbot.waitUntil(lambda: explorer.roi.count() > 0, timeout=TIMEOUT_MS)
+    _, ijk = good_voxel(fitted_store)
+    with qtbot.waitSignal(inspector.updated, timeout=TIMEOUT_MS):
+        click(viewer, inspector, world_position(viewer, ijk))
+    assert explorer.use_selected_voxel()
+    assert explorer.roi.currentText() == "floc-faces"
+    region = explorer.label.currentText()
+    with qtbot.waitSignal(explorer.updated, timeout=TIMEOUT_MS) as blocker:
+        explorer.run()
+    assert blocker.args == ["report"]
+    assert len(explorer.chart.labels) == 10
+    clusters = layer_of(viewer, "clusters")
+    assert clusters.name == f"clusters in {region}"
+    roi = next(layer for layer in viewer.layers if layer.metadata.get(META, {}).get("roi") == "floc-faces")
+    inside = roi.data == explorer.label.currentData()
+    assert clusters.data[~inside].max() == 0 and clusters.data[inside].min() >= 1
+    np.testing.assert_array_equal(clusters.scale, roi.scale)
+
+
+# ---- Data and model, Fit -------------------------------------------------------------------------------
+def open_world(viewer, world, results, qtbot):
+    widget = dock(viewer, "Data and model")
+    widget.source.setCurrentText("NSD folder")
+    widget.folder.setText(str(world))
+    widget.results.setText(str(results))
+    with qtbot.waitSignal(widget.opened, timeout=TIMEOUT_MS) as blocker:
+        widget.open()
+    assert blocker.args == [str(results.resolve())]
+    return widget
+
+
+def test_opening_an_nsd_folder_shows_brain_rois_and_stimuli(make_napari_viewer, tiny_world, tmp_path, qtbot):
+    viewer = make_napari_viewer()
+    open_world(viewer, tiny_world, tmp_path / "results", qtbot)
+    roles = [layer.metadata[META]["role"] for layer in viewer.layers]
+    assert {"anatomy", "mask", "roi", "stimuli"} <= set(roles) and "accuracy" not in roles
+    assert layer_of(viewer, "stimuli").data.shape[0] == N_IMAGES
+
+
+def test_fit_runs_to_completion_and_shows_the_accuracy_map(make_napari_viewer, tiny_world, tmp_path, qtbot):
+    from napari_mine.store import ResultsStore
+
+    viewer = make_napari_viewer()
+    open_world(viewer, tiny_world, tmp_path / "results", qtbot)
+    fit = dock(viewer, "Fit")
+    seen = []
+    with qtbot.waitSignal(fit.job_finished, timeout=TIMEOUT_MS) as blocker:
+        worker = fit.run()
+        worker.yielded.connect(seen.append)
+    assert blocker.args == ["done"]
+    assert any(stage.startswith("Decomposing") and total == N_IMAGES for stage, _, total in seen)
+    store = ResultsStore.open(tmp_path / "results")
+    assert store.has("features") and store.has("encoder")
+    accuracy = layer_of(viewer, "accuracy")
+    mask = store.array("brain", "mask")
+    np.testing.assert_array_equal(accuracy.data[mask], store.array("encoder", "accuracy/normalized_r"))
+    assert np.isnan(accuracy.data[~mask]).all()
+    assert not [layer for layer in viewer.layers if layer.metadata[META].get("role") == "mask"]
+    assert "median r / noise ceiling" in fit.stage.text()
+
+
+def test_fit_cancelled_during_features_leaves_the_store_unchanged(make_napari_viewer, tiny_world, tmp_path, qtbot):
+    from napari_mine.store import ResultsStore
+
+    viewer = make_napari_viewer()
+    open_world(viewer, tiny_world, tmp_path / "results", qtbot)
+    fit = dock(viewer, "Fit")
+    with qtbot.waitSignal(fit.job_finished, timeout=TIMEOUT_MS) as blocker:
+        worker = fit.run()
+        worker.yielded.connect(lambda report: report[0].startswith("Decomposing") and fit.cancel())
+    assert blocker.args == ["cancelled"]
+    assert "Cancelled" in fit.stage.text()
+    qtbot.waitUntil(lambda: not [p for p in (tmp_path / "results").iterdir() if p.name.startswith(".features")],
+                    timeout=TIMEOUT_MS)
+    store = ResultsStore.open(tmp_path / "results")
+    assert not store.has("features") and not store.has("encoder")
+    assert fit.run_button.isEnabled()
+
+
+def test_opening_a_missing_folder_reports_an_error(make_napari_viewer, tmp_path, qtbot):
+    from napari.utils.notifications import notification_manager
+
+    viewer = make_napari_viewer()
+    widget = dock(viewer, "Data and model")
+    widget.folder.setText(str(tmp_path / "nothing-here"))
+    with qtbot.waitSignal(widget.opened, timeout=TIMEOUT_MS) as blocker:
+        widget.open()
+    assert blocker.args == [""]
+    assert "not a napari-mine results folder" in str(notification_manager.records[-1].message)
+    assert len(viewer.layers) == 0
