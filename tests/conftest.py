@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import open_clip  # noqa: F401  (torch, torchvision, triton) before any napari canvas: see _store_view.import_torch
 import pytest
 
 SMALL_GRID = (10, 12, 9)

@@ -1,0 +1,251 @@
+"""`napari-mine`: the MINE steps from the command line, each a thin shell over one library function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from napari_mine.errors import MineInputError
+
+
+def _progress(label: str):
+    """A progress printer that rewrites one line on a terminal and prints every ~10 % otherwise."""
+    last = {"shown": -1}
+
+    def show(done: int, total: int) -> None:
+        percent = int(100 * done / max(total, 1))
+        if sys.stderr.isatty():
+            print(f"\r{label}: {done}/{total} ({percent}%)", end="" if done < total else "\n", file=sys.stderr)
+        elif percent // 10 != last["shown"] // 10 or done == total:
+            print(f"{label}: {done}/{total} ({percent}%)", file=sys.stderr)
+        last["shown"] = percent
+
+    return show
+
+
+def _load_dataset(path: str, layout: str, subject: int):
+    from napari_mine.data import load_generic, load_nsd
+
+    if layout == "nsd" or (layout == "auto" and _looks_like_nsd(Path(path))):
+        return load_nsd(path, subject=subject)
+    return load_generic(path)
+
+
+def _looks_like_nsd(path: Path) -> bool:
+    return any(path.glob("**/nsd_expdesign.mat"))
+
+
+def _dataset_from_store(store):
+    from napari_mine.data import dataset_from_source
+
+    return dataset_from_source(store.manifest["dataset"])
+
+
+def cmd_world(args) -> None:
+    from napari_mine.synthetic.write_nsd import write_world
+
+    info = write_world(args.out, seed=args.seed, n_images=args.images)
+    print(f"wrote a synthetic world in the NSD layout to {args.out} ({info})")
+
+
+def cmd_features(args) -> None:
+    from napari_mine.models.backbone import load_backbone
+    from napari_mine.pipeline import compute_features, model_record
+    from napari_mine.store import ResultsStore
+
+    dataset = _load_dataset(args.data, args.layout, args.subject)
+    backbone = load_backbone(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, device=args.device)
+    store = ResultsStore.create(args.out, model=model_record(backbone), dataset=dataset.source)
+    n = compute_features(dataset, backbone, store, batch_size=args.batch_size, on_progress=_progress("features"))
+    print(f"features and token contributions of {n} images written to {store.root}")
+
+
+def cmd_fit(args) -> None:
+    from napari_mine.pipeline import fit_encoder_step
+    from napari_mine.store import ResultsStore
+
+    store = ResultsStore.open(args.results)
+    dataset = _dataset_from_store(store)
+    summary = fit_encoder_step(dataset, store)
+    store.update_summary("encoder", summary)
+    for name, value in summary["median_nc_r_by_roi"].items():
+        print(f"{name:>12}: median noise-ceiling-normalised r = {value:.3f}" if value is not None else name)
+
+
+def _backbone_for(store, checkpoint=None, device="cpu"):
+    """The model that made `store`, refused if the weights differ from the ones recorded."""
+    from napari_mine.models.backbone import load_backbone
+    from napari_mine.pipeline import model_record
+
+    recorded = store.manifest["model"]
+    backbone = load_backbone(recorded["name"], pretrained=None if checkpoint else recorded.get("pretrained"),
+                             checkpoint=checkpoint, device=device)
+    store.check_model(model_record(backbone)["id"])
+    return backbone
+
+
+def _concept_space(vocabulary: str, backbone):
+    from napari_mine.vocabulary import concept_space, general_vocabulary, synthetic_vocabulary, vocabulary_from_file
+
+    if vocabulary == "synthetic":
+        chosen = synthetic_vocabulary()
+    elif vocabulary == "general":
+        chosen = general_vocabulary()
+    else:
+        chosen = vocabulary_from_file(vocabulary)
+    return concept_space(chosen, backbone)
+
+
+def cmd_attribute(args) -> None:
+    import numpy as np
+
+    from napari_mine.attribution import spatial_fraction, to_patch_grid, whole_brain_map
+    from napari_mine.store import ResultsStore
+
+    store = ResultsStore.open(args.results)
+    store.require("encoder", "run `napari-mine fit` first.")
+    scores = whole_brain_map(store, args.image, grid=False)  # (T, V), checks the image row
+    n_voxels = scores.shape[1]
+    if not 0 <= args.voxel < n_voxels:
+        raise MineInputError(f"voxel {args.voxel} is out of range; the encoder has voxels 0 to {n_voxels - 1}.")
+    tokens = np.asarray(store.group("features")["tokens"][args.image])
+    rest = np.asarray(store.group("features")["rest"][args.image])
+    weights = store.array("encoder", "effective_weights")[:, args.voxel]
+    bias = float(store.array("encoder", "effective_bias")[args.voxel])
+    grid = to_patch_grid(scores[:, args.voxel])
+    fraction = float(np.squeeze(spatial_fraction(tokens, rest, weights, bias)))
+    np.save(args.out, grid)
+    print(f"image {args.image}, voxel {args.voxel}: predicted {float(scores[:, args.voxel].sum() + rest @ weights + bias):.3f};"
+          f" patch terms carry {100 * fraction:.1f}% of the attribution; {grid.shape[0]}x{grid.shape[1]} map written"
+          f" to {args.out}")
+
+
+def cmd_describe(args) -> None:
+    from napari_mine.describe import describe_from_store
+    from napari_mine.store import ResultsStore
+
+    store = ResultsStore.open(args.results)
+    space = _concept_space(args.vocabulary, _backbone_for(store, args.checkpoint))
+    description = describe_from_store(store, space, args.image, args.voxel)
+    print(f"image {args.image}, voxel {args.voxel}: {description.text or '(no positive attribution)'}")
+    for concept, score in zip(description.concepts, description.scores):
+        print(f"  {score:7.3f}  {concept}")
+
+
+def cmd_profile(args) -> None:
+    from napari_mine.describe import profiles_from_store, roi_clusters_from_store, roi_profiles_from_store, \
+        save_profiles, top_concepts
+    from napari_mine.store import ResultsStore
+
+    store = ResultsStore.open(args.results)
+    space = _concept_space(args.vocabulary, _backbone_for(store, args.checkpoint))
+    profiles = profiles_from_store(store, space, top_k=args.top_k)
+    save_profiles(store, profiles, space, {"top_k": args.top_k})
+    print(f"profiles of {len(profiles.voxels)} voxels written to {store.root / 'profiles.zarr'}")
+    for roi in args.roi:
+        for name, profile in roi_profiles_from_store(store, profiles, roi).items():
+            concepts = ", ".join(f"{c} ({v:.2f})" for c, v in top_concepts(profile, profiles.concepts, 3))
+            path = store.root / "clusters" / f"{name}.nii.gz"
+            clustering = roi_clusters_from_store(store, profiles, roi, name, path)
+            print(f"{name:>10}: {concepts}; {clustering.k} sub-populations -> {path}")
+
+
+def cmd_view(args) -> None:
+    from napari_mine.viewer import view_results
+
+    view_results(args.results)
+
+
+def cmd_demo(args) -> None:
+    from napari_mine.demo import run_demo
+
+    summary_path = run_demo(args.out, seed=args.seed, n_images=args.images, log=print)
+    print(f"demo finished: {Path(args.out) / 'report.html'} and {summary_path}")
+    if args.view:
+        from napari_mine.viewer import view_results
+
+        view_results(args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="napari-mine", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    world = commands.add_parser("world", help="write a synthetic ground-truth world in the NSD layout")
+    world.add_argument("out")
+    world.add_argument("--seed", type=int, default=0)
+    world.add_argument("--images", type=int, default=2500)
+    world.set_defaults(run=cmd_world)
+
+    features = commands.add_parser("features", help="CLIP features and exact token contributions of every image")
+    features.add_argument("data", help="an NSD root folder or a generic folder (images + responses + table)")
+    features.add_argument("--out", required=True, help="the results folder to create or add to")
+    features.add_argument("--layout", choices=["auto", "nsd", "generic"], default="auto")
+    features.add_argument("--subject", type=int, default=1)
+    features.add_argument("--model", default="mine-small", help="mine-small or any open_clip model name")
+    features.add_argument("--pretrained", default=None, help="open_clip pretrained tag, e.g. laion2b_s34b_b88k")
+    features.add_argument("--checkpoint", default=None, help="a local weights file (no download)")
+    features.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    features.add_argument("--batch-size", type=int, default=64)
+    features.set_defaults(run=cmd_features)
+
+    fit = commands.add_parser("fit", help="fit the voxelwise ridge encoder and score it against the noise ceiling")
+    fit.add_argument("results")
+    fit.set_defaults(run=cmd_fit)
+
+    attribute = commands.add_parser("attribute", help="exact patch attribution of one (image, voxel)")
+    attribute.add_argument("results")
+    attribute.add_argument("--image", type=int, required=True, help="image row in the results store")
+    attribute.add_argument("--voxel", type=int, required=True, help="voxel index among the encoder's voxels")
+    attribute.add_argument("--out", default="attribution.npy", help="where to save the (g, g) map")
+    attribute.set_defaults(run=cmd_attribute)
+
+    vocabulary_help = "synthetic, general (the shipped ~2,000 concepts) or a text file with one concept per line"
+    describe = commands.add_parser("describe", help="what drives a voxel on one image, in words")
+    describe.add_argument("results")
+    describe.add_argument("--image", type=int, required=True)
+    describe.add_argument("--voxel", type=int, required=True)
+    describe.add_argument("--vocabulary", default="synthetic", help=vocabulary_help)
+    describe.add_argument("--checkpoint", default=None, help="the local weights file the store was made with")
+    describe.set_defaults(run=cmd_describe)
+
+    profile = commands.add_parser("profile", help="per-voxel concept profiles, ROI profiles and sub-populations")
+    profile.add_argument("results")
+    profile.add_argument("--vocabulary", default="synthetic", help=vocabulary_help)
+    profile.add_argument("--top-k", type=int, default=20, help="top images per voxel")
+    profile.add_argument("--roi", nargs="*", default=["floc-faces", "floc-places", "floc-bodies", "floc-words"])
+    profile.add_argument("--checkpoint", default=None)
+    profile.set_defaults(run=cmd_profile)
+
+    view = commands.add_parser("view", help="open napari with the plugin docked and RESULTS loaded")
+    view.add_argument("results")
+    view.set_defaults(run=cmd_view)
+
+    demo = commands.add_parser("demo", help="world -> features -> fit -> report on the synthetic world")
+    demo.add_argument("--out", default="demo_out")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--images", type=int, default=None, help="number of images (default: the demo's size)")
+    demo.add_argument("--view", action="store_true", help="open the results in napari afterwards")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    try:
+        args.run(args)
+    except MineInputError as error:
+        print(f"napari-mine {args.command}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"napari-mine {args.command}: interrupted; results already written are kept.", file=sys.stderr)
+        return 130
+    print(f"({args.command} took {time.perf_counter() - start:.1f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

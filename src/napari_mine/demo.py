@@ -1,0 +1,143 @@
+"""The embedded demo: synthetic world → features → encoder fit → report, offline, on the CPU.
+
+It runs the same loaders and steps a study on NSD runs; only the data source is synthetic, so every step
+can be scored against the truth (DESIGN.md §6).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+DEMO_IMAGES = 2500
+DECOMPOSITION_CHECK_IMAGES = 32
+CATEGORY_ROIS = ("floc-faces", "floc-places", "floc-bodies", "floc-words")
+EXAMPLE_ROIS = ("FFA-1", "OFA", "PPA", "OPA", "EBA", "FBA-1", "VWFA-1", "OWFA")
+
+
+def decomposition_error(backbone, images: np.ndarray) -> float:
+    """Max relative error between the summed decomposition and `encode_image` on `images`."""
+    import torch
+
+    from napari_mine.decompose import decompose_images
+
+    pixels = backbone.preprocess(images)
+    parts = decompose_images(backbone.model, pixels)
+    with torch.no_grad():
+        reference = backbone.model.encode_image(pixels).float().cpu().numpy()
+    summed = parts.tokens.sum(axis=1) + parts.rest
+    errors = np.linalg.norm(summed - reference, axis=1) / np.linalg.norm(reference, axis=1)
+    return float(errors.max())
+
+
+def run_demo(out: str | Path, *, seed: int = 0, n_images: int | None = None,
+             log: Callable[[str], None] = lambda message: None) -> Path:
+    """Run the whole demo into `out`; returns the path of `summary.json`."""
+    from napari_mine.data import load_nsd
+    from napari_mine.models.backbone import load_backbone
+    from napari_mine.pipeline import compute_features, fit_encoder_step, model_record
+    from napari_mine.report import write_report
+    from napari_mine.store import ResultsStore
+    from napari_mine.synthetic.write_nsd import write_world
+
+    out = Path(out)
+    timings = {}
+    world = out / "world"
+    start = time.perf_counter()
+    if not world.exists():
+        n_images = n_images or DEMO_IMAGES
+        log(f"writing a synthetic world ({n_images} images, seed {seed}) to {world}")
+        write_world(world, seed=seed, n_images=n_images, n_shared=max(10, n_images // 10))
+    timings["world_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    dataset = load_nsd(world, subject=1)
+    backbone = load_backbone("mine-small")
+    store = ResultsStore.create(out, model=model_record(backbone), dataset=dataset.source)
+    timings["load_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    if not store.has("features"):
+        log(f"decomposing {len(dataset.images)} images with {backbone.name}")
+        compute_features(dataset, backbone, store, on_progress=_every_tenth(log, "features"))
+    timings["features_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    log("fitting the voxelwise encoder")
+    encoder_summary = fit_encoder_step(dataset, store)
+    timings["fit_s"] = time.perf_counter() - start
+
+    check = dataset.images[np.arange(min(DECOMPOSITION_CHECK_IMAGES, len(dataset.images)))]
+    store.update_summary("decomposition_max_rel_error", decomposition_error(backbone, check))
+    store.update_summary("encoder", encoder_summary)
+
+    start = time.perf_counter()
+    log("profiles, ROI analysis and ground-truth scores")
+    figures = interpret(store, dataset, backbone, world, seed=seed)
+    timings["interpretation_s"] = time.perf_counter() - start
+
+    summary = store.update_summary("timings", {k: round(v, 2) for k, v in timings.items()})
+    log("writing the report")
+    write_report(store, dataset.roi_of_voxels(), summary, title="napari-mine demo: synthetic world",
+                 extra_figures=figures)
+    return store.root / "summary.json"
+
+
+def interpret(store, dataset, backbone, world: Path, *, seed: int = 0) -> list[tuple[str, Path]]:
+    """Profiles, ROI profiles and clusters, scored against the world's truth; returns the report's figures."""
+    import nibabel as nib
+
+    from napari_mine.describe import (profiles_from_store, roi_clusters_from_store, roi_profiles_from_store,
+                                      save_profiles, top_concepts)
+    from napari_mine.report import (attribution_overlays_figure, best_voxel_per_roi, cluster_map_figure,
+                                    profile_charts_figure)
+    from napari_mine.synthetic.scoring import score_interpretation
+    from napari_mine.synthetic.write_nsd import load_truth
+    from napari_mine.vocabulary import concept_space, synthetic_vocabulary
+
+    space = concept_space(synthetic_vocabulary(), backbone)
+    profiles = profiles_from_store(store, space)
+    save_profiles(store, profiles, space)
+    figures_dir = store.root / "figures"
+    figures_dir.mkdir(exist_ok=True)
+
+    roi_charts, cluster_volume = {}, None
+    for roi in CATEGORY_ROIS:
+        for name, profile in roi_profiles_from_store(store, profiles, roi).items():
+            roi_charts[name] = top_concepts(profile, profiles.concepts, 6)
+            path = store.root / "clusters" / f"{name}.nii.gz"
+            roi_clusters_from_store(store, profiles, roi, name, path, seed=seed)
+            volume = np.asarray(nib.load(path).dataobj)
+            cluster_volume = volume if cluster_volume is None else np.where(volume > 0, volume, cluster_volume)
+
+    roi_of_voxel = dataset.roi_of_voxels()
+    examples = best_voxel_per_roi(store, roi_of_voxel, [name for name in EXAMPLE_ROIS if name in roi_charts])
+    voxel_charts = {f"{roi} voxel {voxel}": profiles.ranked(int(np.flatnonzero(profiles.voxels == voxel)[0]), 6)
+                    for roi, voxel in examples.items()}
+
+    for key, value in score_interpretation(store, dataset, load_truth(world), backbone, seed=seed).items():
+        store.update_summary(key, value)
+    return [
+        ("Exact attribution on each ROI's top images",
+         attribution_overlays_figure(store, dataset.images, examples, figures_dir / "attribution_top_images.png")),
+        ("Per-ROI profiles (MINE)", profile_charts_figure(roi_charts, figures_dir / "roi_profiles.png",
+                                                          "ROI profiles: mean of voxel profiles")),
+        ("Per-voxel profiles (each ROI's best-predicted voxel)",
+         profile_charts_figure(voxel_charts, figures_dir / "voxel_profiles.png", "voxel profiles")),
+        ("Within-ROI clusters", cluster_map_figure(store, cluster_volume, figures_dir / "clusters.png")),
+    ]
+
+
+def _every_tenth(log: Callable[[str], None], label: str):
+    shown = {"decile": -1}
+
+    def report(done: int, total: int) -> None:
+        decile = 10 * done // max(total, 1)
+        if decile != shown["decile"]:
+            shown["decile"] = decile
+            log(f"{label}: {done}/{total}")
+
+    return report

@@ -1,0 +1,102 @@
+"""End to end through the real files: a small synthetic world in the NSD layout → features → encoder fit.
+
+Checks the invariants that make MINE exact (DESIGN.md §2): the cached token contributions sum to the
+features, and the projected terms sum to the encoder's prediction; and that the CLI reports bad input in one
+line without losing what was already computed.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_mine import cli
+from napari_mine.data import load_nsd
+from napari_mine.encoding import VoxelEncoder
+from napari_mine.models.backbone import load_backbone
+from napari_mine.pipeline import compute_features, fit_encoder_step, model_record
+from napari_mine.store import ResultsStore
+from napari_mine.synthetic.write_nsd import write_world
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    write_world(root / "world", seed=3, n_images=240, n_shared=40, trials_per_session=120, n_general=2300)
+    dataset = load_nsd(root / "world", subject=1)
+    backbone = load_backbone("mine-small")
+    store = ResultsStore.create(root / "results", model=model_record(backbone), dataset=dataset.source)
+    compute_features(dataset, backbone, store, batch_size=64)
+    summary = fit_encoder_step(dataset, store)
+    return dataset, backbone, store, summary
+
+
+def test_token_contributions_sum_to_features(fitted):
+    _, _, store, _ = fitted
+    features = store.array("features", "features")
+    tokens = store.group("features")["tokens"][:16]
+    rest = store.array("features", "rest")[:16]
+    np.testing.assert_allclose(tokens.sum(axis=1) + rest, features[:16], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
+
+
+def test_projected_terms_sum_to_prediction(fitted):
+    _, _, store, _ = fitted
+    group = store.group("encoder")
+    encoder = VoxelEncoder.from_arrays(group)
+    weights, bias = group["effective_weights"][...], group["effective_bias"][...]
+    tokens = store.group("features")["tokens"][:8]
+    rest = store.array("features", "rest")[:8]
+    decomposed = np.einsum("ntd,dv->nv", tokens, weights) + rest @ weights + bias
+    predicted = encoder.predict(store.array("features", "features")[:8])
+    np.testing.assert_allclose(decomposed, predicted, rtol=1e-3, atol=1e-4)
+
+
+def test_accuracy_is_scored_against_the_noise_ceiling(fitted):
+    dataset, _, store, summary = fitted
+    normalized = store.array("encoder", "accuracy/normalized_r")
+    assert normalized.shape == (dataset.n_voxels,)
+    assert {"FFA-1", "PPA", "EBA", "VWFA-1"} <= set(summary["median_nc_r_by_roi"])
+    # A tiny world (200 training images) cannot reach the demo's accuracy, but face voxels must be predictable.
+    assert summary["median_nc_r_by_roi"]["FFA-1"] > 0.3
+
+
+def test_cli_fit_reports_missing_features_in_one_line(fitted, tmp_path, capsys):
+    dataset, backbone, _, _ = fitted
+    ResultsStore.create(tmp_path, model=model_record(backbone), dataset=dataset.source)
+    assert cli.main(["fit", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == [f"napari-mine fit: {tmp_path} has no 'features' results yet; run `napari-mine features` first."]
+
+
+def test_cli_refuses_unknown_model_without_touching_results(fitted, capsys):
+    dataset, _, store, _ = fitted
+    before = json.loads((store.root / "manifest.json").read_text())
+    world = dataset.source["root"]
+    assert cli.main(["features", str(world), "--out", str(store.root), "--model", "ViT-Nope-99"]) == 2
+    assert "Unknown model 'ViT-Nope-99'" in capsys.readouterr().err
+    assert json.loads((store.root / "manifest.json").read_text()) == before
+
+
+def test_cli_attribute_describe_profile(fitted, tmp_path, capsys):
+    _, _, store, _ = fitted
+    out = tmp_path / "map.npy"
+    assert cli.main(["attribute", str(store.root), "--image", "3", "--voxel", "10", "--out", str(out)]) == 0
+    grid = np.load(out)
+    assert grid.shape == (8, 8) and np.isfinite(grid).all()
+    assert "patch terms carry" in capsys.readouterr().out
+
+    assert cli.main(["describe", str(store.root), "--image", "3", "--voxel", "10"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("image 3, voxel 10: ")
+
+    assert cli.main(["profile", str(store.root), "--roi", "floc-faces"]) == 0
+    output = capsys.readouterr().out
+    assert "FFA-1" in output and (store.root / "clusters" / "FFA-1.nii.gz").is_file()
+    assert store.has("profiles")
+
+
+def test_cli_attribute_out_of_range(fitted, capsys):
+    _, _, store, _ = fitted
+    assert cli.main(["attribute", str(store.root), "--image", "100000", "--voxel", "0"]) == 2
+    assert "out of range" in capsys.readouterr().err
