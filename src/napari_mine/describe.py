@@ -1,0 +1,593 @@
+"""Per-image descriptions, per-voxel profiles and ROI analysis (DESIGN.md §1 steps 3–4).
+
+For an image's token contributions ``C`` (T, D) and a voxel's effective weights ``w̃`` (D,):
+
+* **Region.** Token attribution ``a = C w̃``; the region is the smallest set of patches (the class token
+  excluded) whose positive attribution reaches ``mass`` of the image's total positive attribution.
+* **Region vector.** ``r = Σ_{t in region} C_t``: what the region adds to the image embedding, in CLIP's joint
+  space, so it can be read out against text.
+* **Score.** With ``u_k`` the concept directions (text embeddings minus the mean of their group, unit norm):
+
+      presence_k = z_k( cos(r, u_k) )        is concept k in the region, more than its alternatives?
+      drive_k    = z_k( u_k · w̃ )            does concept k raise the voxel's prediction, more than they do?
+      score_k    = max(presence_k, 0) · max(drive_k, 0)
+
+  where ``z_k`` z-scores across the concepts of k's group (colours against colours, categories against
+  categories; an ungrouped vocabulary is one group). A concept scores only when it is both present in the
+  region and drives the voxel; z-scoring makes both factors unit-free, so the score does not depend on the
+  gain of ``w̃`` or on how far the region vector is from the origin.
+* **Profile.** A voxel's profile is the mean of its per-image scores over its top-k images (by predicted
+  response), weighted by each region's attribution mass. Since drive does not depend on the image, this is
+  ``max(drive, 0)`` times the mass-weighted mean of ``max(presence, 0)``: the voxel's text-space tuning kept
+  where its best images' high-attribution regions actually show the concept. The baseline beside it is the
+  direct projection ``w̃ · e_k`` on the text embeddings (the text-space analogue of BrainSCUBA).
+
+The core functions take arrays; the ``*_from_store`` helpers read a :class:`~napari_mine.store.ResultsStore`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_mine.errors import MineInputError
+from napari_mine.store import write_arrays
+from napari_mine.vocabulary import ConceptSpace, Vocabulary
+
+DEFAULT_MASS = 0.5
+DEFAULT_TOP_K = 20
+DEFAULT_N_CONCEPTS = 5
+N_PREFIX_TOKENS = 1  # the class token: a source token, but not a place in the image
+TEXT_CONCEPTS = 3
+HEAD_GROUP = "category"
+PHRASE_ORDER = ("size", "color", HEAD_GROUP, "position")  # the synthetic world's caption grammar
+VOXEL_CHUNK = 64
+STORE_VOXEL_BLOCK = 2048
+DEFAULT_K_RANGE = (2, 6)
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+# ----------------------------------------------------------------------------------------------- scoring
+
+
+def token_attribution(tokens: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Each token's contribution projected on the voxel's effective weights.
+
+    Parameters
+    ----------
+    tokens : float (..., T, D)
+        Token contributions.
+    weights : float (..., D)
+        Effective weights w̃ (one voxel per leading index).
+
+    Returns
+    -------
+    float (..., T)
+    """
+    return (tokens @ weights[..., None])[..., 0]
+
+
+def high_attribution_region(attribution: np.ndarray, mass: float = DEFAULT_MASS) -> np.ndarray:
+    """Smallest set of tokens whose positive attribution reaches ``mass`` of the total positive attribution.
+
+    Parameters
+    ----------
+    attribution : float (..., P)
+    mass : float in (0, 1]
+
+    Returns
+    -------
+    bool (..., P)
+        Empty where no token has positive attribution.
+    """
+    if not 0.0 < mass <= 1.0:
+        raise MineInputError(f"Region mass {mass} is not a fraction; give a value in (0, 1], e.g. 0.5.")
+    positive = np.maximum(attribution, 0)
+    order = np.argsort(-positive, axis=-1, kind="stable")
+    ranked = np.take_along_axis(positive, order, axis=-1)
+    before = np.cumsum(ranked, axis=-1) - ranked
+    keep = (before < mass * ranked.sum(axis=-1, keepdims=True)) & (ranked > 0)
+    region = np.zeros(attribution.shape, dtype=bool)
+    np.put_along_axis(region, order, keep, axis=-1)
+    return region
+
+
+def region_vector(tokens: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Sum of the region's token contributions, (..., T, D) and (..., T) → (..., D)."""
+    return (region[..., None, :].astype(tokens.dtype) @ tokens)[..., 0, :]
+
+
+def concept_presence(vectors: np.ndarray, directions: np.ndarray, groups=None) -> np.ndarray:
+    """Cosine of region vectors (..., D) with the concept directions (K, D), z-scored within each group of
+    concept columns (``ConceptSpace.group_columns``; default one group) → (..., K)."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return _zscore((vectors / np.maximum(norms, np.finfo(np.float32).tiny)) @ directions.T, groups)
+
+
+def concept_drive(weights: np.ndarray, directions: np.ndarray, groups=None) -> np.ndarray:
+    """Projection of the concept directions (K, D) on effective weights (..., D), z-scored within each group
+    of concept columns → (..., K)."""
+    return _zscore(weights @ directions.T, groups)
+
+
+def concept_scores(presence: np.ndarray, drive: np.ndarray) -> np.ndarray:
+    """``max(presence, 0) · max(drive, 0)``: high only for concepts both in the region and driving the voxel."""
+    return np.maximum(presence, 0) * np.maximum(drive, 0)
+
+
+def rank_concepts(scores: np.ndarray, presence: np.ndarray) -> np.ndarray:
+    """Concept indices by score, ties (e.g. all zero) broken by presence, best first."""
+    return np.lexsort((-presence, -scores))
+
+
+def _zscore(values: np.ndarray, groups=None) -> np.ndarray:
+    """Standardise along the last axis (concepts), within each group of columns; constant rows become zeros."""
+    if groups is None or len(groups) == 1:
+        centred = values - values.mean(axis=-1, keepdims=True)
+        spread = centred.std(axis=-1, keepdims=True)
+        return np.divide(centred, spread, out=np.zeros_like(centred), where=spread > 0)
+    standardised = np.empty_like(values)
+    for columns in groups:
+        standardised[..., columns] = _zscore(values[..., columns])
+    return standardised
+
+
+# ----------------------------------------------------------------------------------------------- descriptions
+
+
+@dataclass(frozen=True)
+class Description:
+    """What drives one voxel on one image.
+
+    Attributes
+    ----------
+    concepts : tuple of str
+        Top concepts, best first.
+    scores : float32 (n,)
+        Their scores (see the module docstring).
+    text : str
+        A short phrase: "large red face on the left" for grouped (synthetic) vocabularies, the top concepts
+        joined by commas otherwise; empty when no patch has positive attribution.
+    region : bool (T,)
+        Tokens of the high-attribution region.
+    attribution : float32 (T,)
+        Every token's attribution to the voxel's prediction.
+    region_vector : float32 (D,)
+        Summed contribution of the region, in CLIP's joint space.
+    region_mass : float
+        Attribution carried by the region (the weight of this image in the voxel's profile).
+    """
+
+    concepts: tuple[str, ...]
+    scores: np.ndarray
+    text: str
+    region: np.ndarray
+    attribution: np.ndarray
+    region_vector: np.ndarray
+    region_mass: float
+
+
+def describe_image(tokens: np.ndarray, weight: np.ndarray, space: ConceptSpace, *, mass: float = DEFAULT_MASS,
+                   n_concepts: int = DEFAULT_N_CONCEPTS, n_prefix_tokens: int = N_PREFIX_TOKENS) -> Description:
+    """Describe what drives a voxel on one image, from the image's token contributions.
+
+    Parameters
+    ----------
+    tokens : float (T, D)
+        Token contributions of the image (class token first, then patches).
+    weight : float (D,)
+        The voxel's effective weights w̃.
+    space : ConceptSpace
+        The vocabulary embedded by the model that made ``tokens``.
+    mass : float in (0, 1]
+        Fraction of the positive attribution the region must carry.
+    n_concepts : int
+        How many top concepts to return.
+    n_prefix_tokens : int
+        Leading tokens that are not patches (never part of the region).
+
+    Returns
+    -------
+    Description
+    """
+    tokens, weight = _checked_image_inputs(tokens, weight, space)
+    attribution = token_attribution(tokens, weight)
+    region = np.zeros(len(tokens), dtype=bool)
+    region[n_prefix_tokens:] = high_attribution_region(attribution[n_prefix_tokens:], mass)
+    vector = region_vector(tokens, region)
+    region_mass = float(attribution[region].sum())
+    if not region.any():
+        return Description((), np.zeros(0, np.float32), "", region, attribution, vector, 0.0)
+    presence = concept_presence(vector, space.directions, space.group_columns)
+    scores = concept_scores(presence, concept_drive(weight, space.directions, space.group_columns))
+    top = rank_concepts(scores, presence)[:n_concepts]
+    return Description(tuple(space.vocabulary.concepts[i] for i in top), scores[top].astype(np.float32),
+                       description_text(scores, presence, space.vocabulary), region, attribution, vector,
+                       region_mass)
+
+
+def description_text(scores: np.ndarray, presence: np.ndarray, vocabulary: Vocabulary) -> str:
+    """Short phrase for the top concepts.
+
+    A vocabulary with a ``"category"`` group gets a caption-style phrase: the best-scoring category,
+    qualified by the attribute of each other group most present in the region (where one is present above
+    the vocabulary's average). Any other vocabulary gets its top concepts joined by commas.
+    """
+    ranking = rank_concepts(scores, presence)
+    groups = np.asarray(vocabulary.groups)
+    if HEAD_GROUP not in vocabulary.groups:
+        return ", ".join(vocabulary.concepts[i] for i in ranking[:TEXT_CONCEPTS])
+    words = []
+    for group in PHRASE_ORDER:
+        members = np.flatnonzero(groups == group)
+        if group == HEAD_GROUP:
+            words.append(vocabulary.concepts[ranking[np.isin(ranking, members)][0]])
+        elif members.size and presence[members].max() > 0:
+            words.append(vocabulary.concepts[members[np.argmax(presence[members])]])
+    return " ".join(words)
+
+
+def _checked_image_inputs(tokens, weight, space: ConceptSpace) -> tuple[np.ndarray, np.ndarray]:
+    tokens = np.asarray(tokens, dtype=np.float32)
+    weight = np.asarray(weight, dtype=np.float32)
+    dim = space.directions.shape[1]
+    if tokens.ndim != 2 or tokens.shape[1] != dim or weight.shape != (dim,):
+        raise MineInputError(f"Expected tokens (T, {dim}) and a weight vector ({dim},) in the concept space's "
+                             f"dimension, got {tokens.shape} and {weight.shape}; use one model for both.")
+    return tokens, weight
+
+
+# ----------------------------------------------------------------------------------------------- profiles
+
+
+@dataclass(frozen=True)
+class VoxelProfiles:
+    """Ranked concept profiles of many voxels, with the direct-projection baseline beside them.
+
+    Attributes
+    ----------
+    concepts : tuple of str
+        The vocabulary's concepts (columns).
+    scores : float32 (V, K)
+        MINE profile: per-image scores averaged over the top images, weighted by region attribution mass.
+    baseline : float32 (V, K)
+        Direct projection of each voxel's effective weights on the concepts' text embeddings.
+    top_images : int (k, V)
+        Image rows (of the token array) each profile was built from, highest predicted response first.
+    region_mass : float32 (V,)
+        Mean attribution mass of the regions over the top images.
+    voxels : int (V,)
+        The voxels' indices among the encoder's voxels.
+    """
+
+    concepts: tuple[str, ...]
+    scores: np.ndarray
+    baseline: np.ndarray
+    top_images: np.ndarray
+    region_mass: np.ndarray
+    voxels: np.ndarray
+
+    def ranked(self, row: int, n: int = 10, baseline: bool = False) -> list[tuple[str, float]]:
+        """The ``n`` best (concept, score) pairs of profile row ``row`` (or of its baseline)."""
+        return top_concepts((self.baseline if baseline else self.scores)[row], self.concepts, n)
+
+
+def top_concepts(profile: np.ndarray, concepts, n: int = 10) -> list[tuple[str, float]]:
+    """The ``n`` highest-scoring (concept, score) pairs of one profile (K,)."""
+    best = np.argsort(-np.asarray(profile), kind="stable")[:n]
+    return [(concepts[i], float(profile[i])) for i in best]
+
+
+def top_images(predicted: np.ndarray, k: int = DEFAULT_TOP_K) -> np.ndarray:
+    """Rows of the ``k`` highest predicted responses per voxel, (N, V) → (k, V), best first."""
+    k = min(int(k), predicted.shape[0])
+    if k < 1:
+        raise MineInputError("Profiles need at least one image per voxel; ask for top_k >= 1.")
+    candidates = np.argpartition(-predicted, k - 1, axis=0)[:k]
+    order = np.argsort(-np.take_along_axis(predicted, candidates, axis=0), axis=0, kind="stable")
+    return np.take_along_axis(candidates, order, axis=0)
+
+
+def voxel_profiles(tokens: np.ndarray, weights: np.ndarray, top: np.ndarray, space: ConceptSpace, *,
+                   mass: float = DEFAULT_MASS, n_prefix_tokens: int = N_PREFIX_TOKENS,
+                   voxels: np.ndarray | None = None) -> VoxelProfiles:
+    """Profiles of many voxels from their top images' token contributions.
+
+    Parameters
+    ----------
+    tokens : float (N, T, D)
+        Token contributions of the images that ``top`` indexes.
+    weights : float (D, V)
+        Effective weights W̃ of the voxels.
+    top : int (k, V)
+        Each voxel's top images (rows of ``tokens``), e.g. from :func:`top_images`.
+    space : ConceptSpace
+    mass : float in (0, 1]
+        Region mass (see :func:`high_attribution_region`).
+    n_prefix_tokens : int
+        Leading tokens that are not patches.
+    voxels : int (V,), optional
+        The voxels' indices among the encoder's voxels (default 0..V-1).
+
+    Returns
+    -------
+    VoxelProfiles
+    """
+    weights = np.asarray(weights, dtype=np.float32)
+    if top.ndim != 2 or top.shape[1] != weights.shape[1] or weights.shape[0] != space.directions.shape[1]:
+        raise MineInputError(f"Expected weights (D={space.directions.shape[1]}, V) and top images (k, V), got "
+                             f"{weights.shape} and {top.shape}; pass W̃ as the encoder stores it.")
+    presence, region_mass = _mean_region_presence(tokens, weights, top, space, mass, n_prefix_tokens)
+    drive = concept_drive(weights.T, space.directions, space.group_columns)
+    scores = (presence * np.maximum(drive, 0)).astype(np.float32)
+    baseline = (weights.T @ space.embeddings.T).astype(np.float32)
+    voxels = np.arange(weights.shape[1]) if voxels is None else np.asarray(voxels)
+    return VoxelProfiles(space.vocabulary.concepts, scores, baseline, top, region_mass, voxels)
+
+
+def _mean_region_presence(tokens, weights, top, space: ConceptSpace, mass, n_prefix_tokens):
+    """Mass-weighted mean of max(presence, 0) over each voxel's top images, chunked over voxels."""
+    n_voxels, n_concepts = weights.shape[1], len(space.vocabulary)
+    presence = np.zeros((n_voxels, n_concepts), np.float32)
+    total_mass = np.zeros(n_voxels, np.float32)
+    for start in range(0, n_voxels, VOXEL_CHUNK):
+        chunk = slice(start, min(start + VOXEL_CHUNK, n_voxels))
+        chunk_weights = weights[:, chunk].T
+        for rank in range(top.shape[0]):
+            patches = np.asarray(tokens[top[rank, chunk]], dtype=np.float32)[:, n_prefix_tokens:]
+            attribution = token_attribution(patches, chunk_weights)
+            region = high_attribution_region(attribution, mass)
+            region_mass = np.where(region, attribution, 0).sum(axis=-1)
+            vectors = region_vector(patches, region)
+            present = np.maximum(concept_presence(vectors, space.directions, space.group_columns), 0)
+            presence[chunk] += region_mass[:, None] * present
+            total_mass[chunk] += region_mass
+    mean_presence = np.divide(presence, total_mass[:, None], out=np.zeros_like(presence),
+                              where=total_mass[:, None] > 0)
+    return mean_presence, total_mass / top.shape[0]
+
+
+# ----------------------------------------------------------------------------------------------- ROI analysis
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """Sub-populations of an ROI's voxels.
+
+    Attributes
+    ----------
+    labels : int (n,)
+        Cluster of each voxel, 1..k, numbered by decreasing cluster size.
+    k : int
+        The number of clusters with the best silhouette.
+    silhouettes : dict of int to float
+        Silhouette score of each k tried.
+    """
+
+    labels: np.ndarray
+    k: int
+    silhouettes: dict[int, float]
+
+
+def roi_profiles(scores: np.ndarray, voxel_labels: np.ndarray, label_names: dict[int, str]) -> dict[str, np.ndarray]:
+    """Mean profile of each labelled ROI.
+
+    Parameters
+    ----------
+    scores : float (V, K)
+        Voxel profiles (or baselines).
+    voxel_labels : int (V,)
+        ROI label of each voxel (the ROI volume read inside the mask); 0 or negative is no ROI.
+    label_names : dict of int to str
+        Label → ROI name, e.g. ``{2: "FFA-1"}``.
+
+    Returns
+    -------
+    dict of str to float (K,)
+        ROIs without voxels are left out.
+    """
+    voxel_labels = np.asarray(voxel_labels)
+    return {name: scores[voxel_labels == label].mean(axis=0)
+            for label, name in label_names.items() if np.any(voxel_labels == label)}
+
+
+def cluster_voxels(features: np.ndarray, k_range: tuple[int, int] = DEFAULT_K_RANGE, seed: int = 0) -> Clustering:
+    """Cluster voxels into sub-populations, choosing k by silhouette.
+
+    Rows are scaled to unit norm first, so voxels group by the shape of their tuning, not its gain.
+
+    Parameters
+    ----------
+    features : float (n, F)
+        One row per voxel: its profile, or its effective weights restricted to the ROI's voxels.
+    k_range : (int, int)
+        Smallest and largest k to try (inclusive); the largest is capped at n - 1.
+    seed : int
+        Seed of the k-means initialisations.
+
+    Returns
+    -------
+    Clustering
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    features = np.asarray(features, dtype=np.float64)
+    low, high = int(k_range[0]), min(int(k_range[1]), len(features) - 1)
+    if low < 2 or high < low:
+        raise MineInputError(f"Cannot cluster {len(features)} voxels into {k_range[0]}–{k_range[1]} groups; "
+                             "give k_range with 2 <= min <= max and at least max + 1 voxels.")
+    rows = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), np.finfo(float).tiny)
+    fits = {k: KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(rows) for k in range(low, high + 1)}
+    silhouettes = {k: float(silhouette_score(rows, labels)) for k, labels in fits.items()}
+    best = max(silhouettes, key=silhouettes.get)
+    return Clustering(_number_by_size(fits[best]), best, silhouettes)
+
+
+def _number_by_size(labels: np.ndarray) -> np.ndarray:
+    """Relabel clusters 1..k, largest first (ties by first label), so numbers do not depend on k-means' order."""
+    values, counts = np.unique(labels, return_counts=True)
+    rank = np.empty(len(values), int)
+    rank[np.argsort(-counts, kind="stable")] = np.arange(1, len(values) + 1)
+    return rank[np.searchsorted(values, labels)]
+
+
+def labels_volume(labels: np.ndarray, mask: np.ndarray, voxels: np.ndarray) -> np.ndarray:
+    """Put per-voxel labels back into a volume, 0 elsewhere.
+
+    Parameters
+    ----------
+    labels : int (n,)
+    mask : bool (X, Y, Z)
+        The dataset's voxel mask (masked arrays follow ``np.flatnonzero(mask)`` order).
+    voxels : int (n,)
+        Each label's voxel index among the mask's voxels.
+
+    Returns
+    -------
+    int16 (X, Y, Z)
+    """
+    positions = np.flatnonzero(mask)
+    if len(labels) != len(voxels) or (len(voxels) and (np.min(voxels) < 0 or np.max(voxels) >= len(positions))):
+        raise MineInputError(f"Got {len(labels)} labels for {len(voxels)} voxels of a {len(positions)}-voxel mask; "
+                             "give one label per voxel index inside the mask.")
+    volume = np.zeros(mask.shape, np.int16)
+    volume.flat[positions[np.asarray(voxels)]] = labels
+    return volume
+
+
+def save_labels_nifti(volume: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a labels volume as NIfTI with the dataset's affine, atomically; returns the path."""
+    import nibabel as nib
+
+    path = Path(path)
+    suffix = next((s for s in NIFTI_SUFFIXES if path.name.endswith(s)), None)
+    if suffix is None:
+        raise MineInputError(f"{path.name} is not a NIfTI file name; end it with .nii.gz or .nii.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(handle)
+    try:
+        image = nib.Nifti1Image(np.asarray(volume, np.int16), np.asarray(affine, float))
+        image.header.set_intent("label")
+        nib.save(image, temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- results store
+
+
+def describe_from_store(store, space: ConceptSpace, image_row: int, voxel: int, **options) -> Description:
+    """:func:`describe_image` for row ``image_row`` of ``features.zarr`` and encoder voxel ``voxel``."""
+    store.check_model(space.model_id)
+    tokens = store.group("features")["tokens"]
+    weights = store.group("encoder")["effective_weights"]
+    if not (0 <= image_row < tokens.shape[0] and 0 <= voxel < weights.shape[1]):
+        raise MineInputError(f"Image row {image_row} or voxel {voxel} is out of range for {tokens.shape[0]} images "
+                             f"and {weights.shape[1]} voxels in {store.root}.")
+    return describe_image(np.asarray(tokens[image_row]), np.asarray(weights[:, voxel]), space, **options)
+
+
+def profiles_from_store(store, space: ConceptSpace, *, voxels=None, top_k: int = DEFAULT_TOP_K,
+                        mass: float = DEFAULT_MASS, n_prefix_tokens: int = N_PREFIX_TOKENS) -> VoxelProfiles:
+    """Profiles of the store's voxels (all, or ``voxels``), top images ranked by the encoder's prediction.
+
+    Voxels go in blocks, and each block reads only its top images' token contributions, so memory stays
+    bounded whatever the number of images.
+    """
+    store.check_model(space.model_id)
+    features = store.array("features", "features")
+    tokens = store.group("features")["tokens"]
+    weights = store.array("encoder", "effective_weights")
+    bias = store.array("encoder", "effective_bias")
+    voxels = _checked_voxels(voxels, weights.shape[1])
+    blocks = []
+    for start in range(0, len(voxels), STORE_VOXEL_BLOCK):
+        block = voxels[start:start + STORE_VOXEL_BLOCK]
+        top = top_images(features @ weights[:, block] + bias[block], top_k)
+        rows, local = np.unique(top, return_inverse=True)
+        profiles = voxel_profiles(np.asarray(tokens.oindex[rows]), weights[:, block], local.reshape(top.shape),
+                                  space, mass=mass, n_prefix_tokens=n_prefix_tokens, voxels=block)
+        blocks.append(dataclasses.replace(profiles, top_images=rows[profiles.top_images]))
+    return VoxelProfiles(space.vocabulary.concepts, np.concatenate([b.scores for b in blocks]),
+                         np.concatenate([b.baseline for b in blocks]),
+                         np.concatenate([b.top_images for b in blocks], axis=1),
+                         np.concatenate([b.region_mass for b in blocks]), voxels)
+
+
+def save_profiles(store, profiles: VoxelProfiles, space: ConceptSpace, settings: dict | None = None) -> None:
+    """Write ``profiles.zarr`` (scores, baseline, top_images, region_mass, voxels; concepts in its attributes)."""
+    store.check_model(space.model_id)
+    record = {"vocabulary": space.vocabulary.name, "vocabulary_digest": space.vocabulary.digest, **(settings or {})}
+    with store.write_step("profiles", record) as group:
+        write_arrays(group, {"scores": profiles.scores, "baseline": profiles.baseline,
+                             "top_images": profiles.top_images, "region_mass": profiles.region_mass,
+                             "voxels": profiles.voxels}, chunk_rows=STORE_VOXEL_BLOCK)
+        group.attrs["concepts"] = list(profiles.concepts)
+
+
+def load_profiles(store) -> VoxelProfiles:
+    """Read the profiles that :func:`save_profiles` wrote."""
+    group = store.group("profiles")
+    arrays = {name: np.asarray(group[name][...])
+              for name in ("scores", "baseline", "top_images", "region_mass", "voxels")}
+    return VoxelProfiles(tuple(group.attrs["concepts"]), **arrays)
+
+
+def roi_profiles_from_store(store, profiles: VoxelProfiles, roi: str) -> dict[str, np.ndarray]:
+    """Mean profile of each label of ROI volume ``roi`` (e.g. ``"floc-faces"`` → FFA-1, FFA-2, ...)."""
+    voxel_labels, names = _roi_voxel_labels(store, roi)
+    return roi_profiles(profiles.scores, voxel_labels[profiles.voxels], names)
+
+
+def roi_clusters_from_store(store, profiles: VoxelProfiles, roi: str, label: int | str, path: str | os.PathLike, *,
+                            k_range: tuple[int, int] = DEFAULT_K_RANGE, seed: int = 0) -> Clustering:
+    """Cluster the profiles of one ROI label's voxels and write the clusters as a NIfTI labels volume.
+
+    The volume is on the dataset's grid with its affine: 0 outside the ROI, 1..k the clusters.
+    """
+    voxel_labels, names = _roi_voxel_labels(store, roi)
+    by_name = {name: value for value, name in names.items()}
+    value = by_name.get(label, label)
+    if value not in names:
+        raise MineInputError(f"ROI {roi!r} has no label {label!r}; choose one of {sorted(names.values())}.")
+    rows = np.flatnonzero(voxel_labels[profiles.voxels] == value)
+    clustering = cluster_voxels(profiles.scores[rows], k_range, seed)
+    brain = store.group("brain")
+    mask = np.asarray(brain["mask"][...], bool)
+    save_labels_nifti(labels_volume(clustering.labels, mask, profiles.voxels[rows]),
+                      np.asarray(brain["affine"][...]), path)
+    return clustering
+
+
+def _roi_voxel_labels(store, roi: str) -> tuple[np.ndarray, dict[int, str]]:
+    """Label of every masked voxel in ROI volume ``roi``, and that volume's label names."""
+    brain = store.group("brain")
+    tables = store.manifest["steps"]["brain"]["settings"].get("roi_labels", {})
+    if roi not in tables or f"roi/{roi}" not in brain:
+        raise MineInputError(f"{store.root} has no ROI volume {roi!r}; choose one of {sorted(tables)}.")
+    mask = np.asarray(brain["mask"][...], bool)
+    return np.asarray(brain[f"roi/{roi}"][...])[mask], {int(k): name for k, name in tables[roi].items()}
+
+
+def _checked_voxels(voxels, n_voxels: int) -> np.ndarray:
+    if voxels is None:
+        return np.arange(n_voxels)
+    voxels = np.asarray(voxels).ravel()
+    if voxels.dtype == bool:
+        if len(voxels) != n_voxels:
+            raise MineInputError(f"A voxel selection mask needs {n_voxels} entries, got {len(voxels)}; give one "
+                                 "entry per encoder voxel or voxel indices.")
+        voxels = np.flatnonzero(voxels)
+    if not voxels.size or voxels.min() < 0 or voxels.max() >= n_voxels:
+        raise MineInputError(f"Voxel indices must lie in 0..{n_voxels - 1}; pick voxels of this encoder.")
+    return voxels.astype(int)
