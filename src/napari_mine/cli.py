@@ -152,6 +152,35 @@ def cmd_profile(args) -> None:
             print(f"{name:>10}: {concepts}; {clustering.k} sub-populations -> {path}")
 
 
+def cmd_validate(args) -> None:
+    from napari_mine.store import ResultsStore
+    from napari_mine.validate import run_validation
+
+    store = ResultsStore.open(args.results)
+    backbone = _backbone_for(store, args.checkpoint)
+    truth, images = None, None
+    if args.generator == "procedural":
+        from napari_mine.generate import ProceduralGenerator
+        from napari_mine.synthetic.write_nsd import load_truth
+
+        world = Path(store.manifest["dataset"].get("root", ""))
+        generator = ProceduralGenerator.from_world(world)
+        truth = load_truth(world)
+    else:
+        from napari_mine.generate import DiffusionGenerator
+
+        if not args.model:
+            raise MineInputError("--generator diffusers needs --model: a diffusers model id in your cache or a "
+                                 "local folder saved with save_pretrained.")
+        generator = DiffusionGenerator.load(args.model, edit_model=args.edit_model, steps=args.steps)
+        images = _dataset_from_store(store).images
+    summary = run_validation(store, backbone, generator, truth, images=images, n_voxels=args.voxels,
+                             seed=args.seed, on_progress=_progress("experiments"))
+    for name in ("removal_sign_accuracy", "insertion_sign_accuracy", "profile_vs_image_insertion_delta_ratio"):
+        print(f"{name}: {summary.get(name)}")
+    print(f"validation written to {store.root / 'summary.json'} and {store.root / 'figures'}")
+
+
 def cmd_view(args) -> None:
     from napari_mine.viewer import view_results
 
@@ -218,6 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--roi", nargs="*", default=["floc-faces", "floc-places", "floc-bodies", "floc-words"])
     profile.add_argument("--checkpoint", default=None)
     profile.set_defaults(run=cmd_profile)
+
+    validate = commands.add_parser("validate", help="causal validation: generation from descriptions, edits")
+    validate.add_argument("results")
+    validate.add_argument("--generator", choices=["procedural", "diffusers"], default="procedural",
+                          help="procedural: the synthetic world's renderer (scores the true brain too)")
+    validate.add_argument("--model", default=None, help="diffusers text-to-image model id or local folder")
+    validate.add_argument("--edit-model", default=None, help="diffusers inpainting model id or local folder")
+    validate.add_argument("--steps", type=int, default=25)
+    validate.add_argument("--voxels", type=int, default=32, help="voxels sampled from the category ROIs")
+    validate.add_argument("--seed", type=int, default=0)
+    validate.add_argument("--checkpoint", default=None)
+    validate.set_defaults(run=cmd_validate)
 
     view = commands.add_parser("view", help="open napari with the plugin docked and RESULTS loaded")
     view.add_argument("results")

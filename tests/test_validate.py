@@ -1,0 +1,278 @@
+"""Causal validation on a tiny synthetic world, through the real loaders, pipeline and procedural generator.
+
+The tiny world (160 training images) cannot predict category voxels as well as the demo, so the tests check
+the mechanics — pairs, shapes, keys, CIs, the true brain read in the right voxel order, signs counted
+correctly — and leave the figures of merit to the demo-sized run.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from napari_mine import report_validation as R
+from napari_mine import validate as V
+from napari_mine.errors import MineInputError
+from napari_mine.generate import Generator, ProceduralGenerator
+from napari_mine.store import ResultsStore, write_arrays
+from napari_mine.synthetic import scenes as S
+
+SEED = 5
+N_BOOT = 200
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    import torch
+
+    from napari_mine.data import load_nsd
+    from napari_mine.models.backbone import load_backbone
+    from napari_mine.pipeline import compute_features, fit_encoder_step, model_record
+    from napari_mine.synthetic.truth import load_truth
+    from napari_mine.synthetic.write_nsd import write_world
+    from napari_mine.vocabulary import concept_space, synthetic_vocabulary
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("validate")
+    write_world(root / "world", seed=3, n_images=200, n_shared=40, trials_per_session=120, n_general=2300)
+    dataset = load_nsd(root / "world", subject=1)
+    backbone = load_backbone("mine-small")
+    store = ResultsStore.create(root / "results", model=model_record(backbone), dataset=dataset.source)
+    compute_features(dataset, backbone, store)
+    fit_encoder_step(dataset, store)
+    store.update_summary("encoder", {"kept": True})
+    yield {"root": root, "dataset": dataset, "backbone": backbone, "store": store,
+           "generator": ProceduralGenerator.from_world(root / "world"), "truth": load_truth(root / "world"),
+           "space": concept_space(synthetic_vocabulary(), backbone, cache_dir=root / "cache")}
+    torch.set_num_threads(threads)
+
+
+def args(world):
+    return world["store"], world["backbone"], world["generator"], world["truth"]
+
+
+def category_voxel(world, category: str) -> int:
+    """The best-predicted voxel of the category's ROIs whose true preference is ``category``."""
+    tuning = world["truth"].brain.tuning
+    nc_r = world["store"].array("encoder", "accuracy/normalized_r")
+    wanted = (tuning.category == S.CATEGORIES.index(category)) & (tuning.kind == "category")
+    return int(np.flatnonzero(wanted)[np.nanargmax(nc_r[wanted])])
+
+
+@pytest.fixture(scope="module")
+def pairs(world):
+    return V.sample_pairs(world["store"], n_voxels=8, images_per_voxel=1, top_k=5, min_nc_r=-1.0, seed=SEED)
+
+
+# ----------------------------------------------------------------------------------------------- sampling and truth
+
+
+def test_pairs_come_from_each_category_roi_and_the_voxels_top_images(world, pairs):
+    store = world["store"]
+    assert pairs["voxel"].shape == pairs["row"].shape == pairs["roi"].shape == (8,)
+    files = {V._roi_file_of(store, np.array([name], dtype=object))[0] for name in pairs["roi"]}
+    assert files == set(V.CATEGORY_ROIS)
+    weights, bias = store.array("encoder", "effective_weights"), store.array("encoder", "effective_bias")
+    predicted = store.array("features", "features") @ weights + bias
+    for voxel, row in zip(pairs["voxel"], pairs["row"]):
+        assert row in np.argsort(-predicted[:, voxel])[:5]
+    again = V.sample_pairs(store, n_voxels=8, images_per_voxel=1, top_k=5, min_nc_r=-1.0, seed=SEED)
+    assert np.array_equal(again["row"], pairs["row"]) and np.array_equal(again["voxel"], pairs["voxel"])
+
+
+def test_store_voxels_and_truth_voxels_are_in_the_same_order(world):
+    index = V.truth_voxels(world["store"], world["truth"])
+    assert np.array_equal(index, np.arange(world["dataset"].n_voxels))
+    ids, measured, _ = world["dataset"].image_responses()
+    true = world["truth"].true_response([world["truth"].scenes[i] for i in world["dataset"].images.ids[ids]])
+    face = category_voxel(world, "face")
+    assert np.corrcoef(true[:, face], measured[:, face])[0, 1] > 0.5
+
+
+def test_the_prediction_of_a_rendered_original_is_the_stored_prediction(world, pairs):
+    study = V.open_study(*args(world))
+    np.testing.assert_allclose(study.predict(study.originals(pairs["row"]), pairs["voxel"]),
+                               study.predicted(pairs["row"], pairs["voxel"]), rtol=1e-3, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------- experiments
+
+
+def test_sufficiency_compares_mine_with_both_controls_on_the_true_brain(world, pairs):
+    result = V.sufficiency(*args(world), space=world["space"], pairs=pairs, n_boot=N_BOOT, seed=SEED)
+    n = len(result["row"])
+    assert n + result["n_skipped"] == len(pairs["row"]) and n >= 6
+    assert set(result["conditions"]) == set(V.SUFFICIENCY_CONDITIONS)
+    for name, condition in result["conditions"].items():
+        assert condition["images"].shape == (n, 128, 128, 3) and condition["predicted"].shape == (n,)
+        scenes = world["generator"].scenes_from_descriptions(result["descriptions"][name], SEED)
+        true = world["truth"].true_response(scenes)[np.arange(n), result["voxel"]]
+        originals = [world["truth"].scenes[i] for i in world["dataset"].images.ids[result["row"]]]
+        shift = result["true_original"] - world["truth"].true_response(originals)[np.arange(n), result["voxel"]]
+        np.testing.assert_allclose(condition["true"], true + shift, rtol=1e-5, atol=1e-5)
+    for kind in ("predicted", "true"):
+        for name, entry in result["summary"][kind].items():
+            assert entry["correlation_ci"][0] <= entry["correlation"] <= entry["correlation_ci"][1]
+            assert entry["mae_ci"][0] <= entry["mae"] <= entry["mae_ci"][1]
+            if name != "mine":
+                assert 0.0 < entry["p_mae"] <= 1.0 and 0.0 < entry["p_correlation"] <= 1.0
+
+
+def test_removing_the_driving_face_lowers_a_face_voxels_true_response(world):
+    """Hand-picked: a face voxel, an image whose face drives it most, the face's own pixels as the mask."""
+    from napari_mine.synthetic.brain import object_drives
+
+    truth, voxel = world["truth"], category_voxel(world, "face")
+    ids = world["store"].array("features", "image_ids")
+    for row, stimulus in enumerate(ids):
+        scene = truth.scenes[stimulus]
+        drives = object_drives(truth.brain, [scene])[0, :len(scene.objects), voxel]
+        if scene.objects[int(np.argmax(drives))].category == "face" and len(scene.objects) > 1:
+            break
+    face = int(np.argmax(drives))
+    mask = S.object_masks(scene)[face].astype(np.float32)
+    result = V.removal(*args(world), pairs={"voxel": [voxel], "row": [row]}, masks=mask[None], n_boot=N_BOOT)
+    expected = (truth.true_response([S.remove_object(scene, face)]) - truth.true_response([scene]))[0, voxel]
+    assert expected < 0
+    np.testing.assert_allclose(result["conditions"]["edited"]["true"], [expected], rtol=1e-5)
+    assert result["removed"] == ["face"] and result["removed_driving_object"] == 1.0
+    assert result["summary"]["true"]["value"] == 1.0 and result["summary"]["true"]["n"] == 1
+
+
+def test_removal_with_attribution_masks_counts_signs_and_skips(world, pairs):
+    result = V.removal(*args(world), pairs=pairs, n_boot=N_BOOT, seed=SEED)
+    n = len(result["row"])
+    assert n + result["n_skipped"] == len(pairs["row"])
+    assert result["masks"].shape == (n, 128, 128) and result["attribution"].shape == (n, 8, 8)
+    for kind in ("predicted", "true"):
+        deltas, summary = result["conditions"]["edited"][kind], result["summary"][kind]
+        assert summary["value"] == pytest.approx(np.mean(deltas < 0))
+        assert summary["ci"][0] <= summary["value"] <= summary["ci"][1]
+        assert summary["mean_delta"] == pytest.approx(deltas.mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize("source", V.CONCEPT_SOURCES)
+def test_insertion_puts_the_feature_into_the_voxels_low_response_images(world, pairs, source):
+    result = V.insertion(*args(world), space=world["space"], concept_source=source, pairs=pairs,
+                         n_boot=N_BOOT, seed=SEED)
+    study = V.open_study(*args(world))
+    n = len(result["row"])
+    for voxel, target in zip(result["voxel"], result["target_row"]):
+        predicted = study.features @ study.weights[:, voxel] + study.bias[voxel]
+        assert predicted[target] <= np.quantile(predicted, 0.2) + 1e-6
+    ids, truth = world["dataset"].images.ids, world["truth"]
+    targets = [truth.scenes[ids[row]] for row in result["target_row"]]
+    edited = result["conditions"]["edited"]["scenes"]
+    for target, scene, concept in zip(targets, edited, result["concepts"]):
+        assert scene.objects[:-1] == target.objects and scene.objects[-1].category in concept.split()
+    expected = truth.true_response(edited) - truth.true_response(targets)
+    np.testing.assert_allclose(result["conditions"]["edited"]["true"], expected[np.arange(n), result["voxel"]],
+                               rtol=1e-5, atol=1e-6)
+    deltas = result["conditions"]["edited"]["true"]
+    assert deltas.shape == (n,) and result["summary"]["true"]["value"] == pytest.approx(np.mean(deltas > 0))
+
+
+# ----------------------------------------------------------------------------------------------- the whole run
+
+
+def test_run_validation_writes_every_key_and_the_strips(world):
+    store = world["store"]
+    summary = V.run_validation(*args(world), space=world["space"], n_voxels=4, images_per_voxel=1, top_k=5,
+                               min_nc_r=-1.0, n_boot=N_BOOT, n_examples=2, seed=SEED)
+    written = json.loads((store.root / "summary.json").read_text())
+    assert written["validation"] == summary and written["encoder"] == {"kept": True}
+    assert summary["complete"] is True
+    for key in ("removal_sign_accuracy", "insertion_sign_accuracy", "profile_vs_image_insertion_delta_ratio"):
+        assert {"predicted", "true"} <= set(summary[key])
+    assert set(summary["sufficiency"]["true"]) == set(V.SUFFICIENCY_CONDITIONS)
+    for relative in summary["figures"].values():
+        assert (store.root / relative).stat().st_size > 0
+    fragment = R.validation_html(summary, store.root)
+    assert fragment.count("<table>") == 3 and "data:image/png;base64" in fragment
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+
+class GreyGenerator(Generator):
+    """A pixel generator: descriptions through the world's renderer, removal paints the mask grey, and an
+    insertion that fails (or edits that come back at another size) to test refusals."""
+
+    def __init__(self, world_root, edit_size=None, fail_insert=False):
+        self.world = ProceduralGenerator.from_world(world_root)
+        self.image_size, self.edit_size, self.fail_insert = self.world.image_size, edit_size, fail_insert
+
+    def generate(self, descriptions, seed=0, **_):
+        return self.world.generate(descriptions, seed)
+
+    def remove(self, images, masks, seed=0, **_):
+        edited = np.where(np.asarray(masks)[..., None] > 0, 128, images).astype(np.uint8)
+        return edited if self.edit_size is None else edited[:, :self.edit_size, :self.edit_size]
+
+    def insert(self, images, masks, concepts, seed=0, **_):
+        if self.fail_insert:
+            raise RuntimeError("the generator broke")
+        return self.remove(images, masks, seed)
+
+
+def test_a_store_without_an_encoder_is_refused(world, tmp_path):
+    from napari_mine.pipeline import model_record
+
+    empty = ResultsStore.create(tmp_path / "empty", model=model_record(world["backbone"]), dataset={})
+    with pytest.raises(MineInputError, match="no fitted encoder"):
+        V.open_study(empty, world["backbone"], world["generator"])
+    with pytest.raises(MineInputError, match="no fitted encoder"):
+        V.sample_pairs(empty)
+
+
+def test_a_voxel_without_top_images_is_named(world, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(world["store"].root, copy)
+    store = ResultsStore.open(copy)
+    arrays = {name: store.array("encoder", name) for name in ("effective_weights", "effective_bias",
+                                                              "accuracy/normalized_r")}
+    arrays["effective_bias"][3] = np.nan
+    with store.write_step("encoder") as group:
+        write_arrays(group, arrays)
+    with pytest.raises(MineInputError, match="Voxel 3 has no top images"):
+        V.sample_pairs(store, voxels=[3])
+    with pytest.raises(MineInputError, match="top_k"):
+        V.sample_pairs(store, voxels=[4], top_k=0)
+    with pytest.raises(MineInputError, match="normalised r of 2.0"):
+        V.sample_pairs(store, min_nc_r=2.0)
+
+
+def test_pixel_generators_need_images_and_must_keep_the_size(world, pairs):
+    store, backbone = world["store"], world["backbone"]
+    with pytest.raises(MineInputError, match="pass images="):
+        V.open_study(store, backbone, GreyGenerator(world["root"] / "world"))
+    with pytest.raises(MineInputError, match="truth"):
+        V.open_study(store, backbone, GreyGenerator(world["root"] / "world"), world["truth"],
+                     world["dataset"].images)
+    shrinking = GreyGenerator(world["root"] / "world", edit_size=100)
+    with pytest.raises(MineInputError, match="must keep the size"):
+        V.removal(store, backbone, shrinking, images=world["dataset"].images, pairs=pairs, n_boot=N_BOOT)
+    result = V.removal(store, backbone, GreyGenerator(world["root"] / "world"), images=world["dataset"].images,
+                       pairs=pairs, n_boot=N_BOOT)
+    assert set(result["summary"]) == {"predicted"} and result["n_skipped"] == 0
+
+
+def test_a_procedural_generator_of_another_size_renders_the_originals_at_its_size(world, pairs):
+    small = ProceduralGenerator(world["generator"].scenes, size=96)
+    result = V.removal(world["store"], world["backbone"], small, world["truth"], pairs=pairs, n_boot=N_BOOT)
+    assert result["original"].shape[1:] == (96, 96, 3) and result["masks"].shape[1:] == (96, 96)
+
+
+def test_a_failure_mid_run_keeps_the_finished_experiments(world):
+    store = world["store"]
+    broken = GreyGenerator(world["root"] / "world", fail_insert=True)
+    with pytest.raises(RuntimeError, match="broke"):
+        V.run_validation(store, world["backbone"], broken, space=world["space"], images=world["dataset"].images,
+                         n_voxels=4, images_per_voxel=1, top_k=5, min_nc_r=-1.0, n_boot=N_BOOT, seed=SEED)
+    written = json.loads((store.root / "summary.json").read_text())
+    assert written["encoder"] == {"kept": True}
+    assert written["validation"]["complete"] is False
+    assert {"sufficiency", "removal_sign_accuracy"} <= set(written["validation"])
+    assert "insertion_sign_accuracy" not in written["validation"]
