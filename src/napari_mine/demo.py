@@ -40,6 +40,7 @@ def run_demo(out: str | Path, *, seed: int = 0, n_images: int | None = None,
     from napari_mine.models.backbone import load_backbone
     from napari_mine.pipeline import compute_features, fit_encoder_step, model_record
     from napari_mine.report import write_report
+    from napari_mine.report_validation import validation_html
     from napari_mine.store import ResultsStore
     from napari_mine.synthetic.write_nsd import write_world
 
@@ -79,11 +80,25 @@ def run_demo(out: str | Path, *, seed: int = 0, n_images: int | None = None,
     figures = interpret(store, dataset, backbone, world, seed=seed)
     timings["interpretation_s"] = time.perf_counter() - start
 
+    start = time.perf_counter()
+    log("causal validation: generation and counterfactual edits, measured with the true brain too")
+    validation = validate_with_world(store, backbone, world, seed=seed)
+    timings["validation_s"] = time.perf_counter() - start
+
     summary = store.update_summary("timings", {k: round(v, 2) for k, v in timings.items()})
     log("writing the report")
     write_report(store, dataset.roi_of_voxels(), summary, title="napari-mine demo: synthetic world",
-                 extra_figures=figures)
+                 extra_figures=figures, extra_html=validation_html(validation, store.root))
     return store.root / "summary.json"
+
+
+def validate_with_world(store, backbone, world: Path, *, seed: int = 0) -> dict:
+    """The validation experiments with the world's renderer as generator and its brain as the truth."""
+    from napari_mine.generate import ProceduralGenerator
+    from napari_mine.synthetic.write_nsd import load_truth
+    from napari_mine.validate import run_validation
+
+    return run_validation(store, backbone, ProceduralGenerator.from_world(world), load_truth(world), seed=seed)
 
 
 def interpret(store, dataset, backbone, world: Path, *, seed: int = 0) -> list[tuple[str, Path]]:
