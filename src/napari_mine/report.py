@@ -107,6 +107,7 @@ def attribution_overlays_figure(store: ResultsStore, images, voxels: dict[str, i
             ax.set_yticks([])
         axes[row, 0].set_ylabel(f"{roi}\nvoxel {voxel}", fontsize=8)
     fig.suptitle("Exact attribution (red raises the predicted response) on each ROI's top images", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
