@@ -100,3 +100,13 @@ def test_cli_attribute_out_of_range(fitted, capsys):
     _, _, store, _ = fitted
     assert cli.main(["attribute", str(store.root), "--image", "100000", "--voxel", "0"]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_cli_features_then_fit_on_an_nsd_folder(fitted, tmp_path, capsys):
+    dataset, _, _, _ = fitted
+    out = tmp_path / "results"
+    assert cli.main(["features", str(dataset.source["root"]), "--out", str(out), "--batch-size", "128"]) == 0
+    assert cli.main(["fit", str(out)]) == 0
+    assert "FFA-1" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["encoder"]["n_voxels"] == dataset.n_voxels

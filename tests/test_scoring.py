@@ -139,3 +139,16 @@ def test_the_driving_object_is_the_one_the_voxel_prefers(world):
                     "plain", 1)
     drivers = scoring.driving_objects(brain, [scene, scene], np.array([face_voxel, place_voxel]))
     assert drivers.tolist() == [1, 0]
+
+
+def test_best_category_is_the_arg_max_over_categories_and_ties_give_no_answer():
+    from napari_mine.vocabulary import ConceptSpace, synthetic_vocabulary
+
+    vocabulary = synthetic_vocabulary()
+    space = ConceptSpace.from_embeddings(vocabulary, np.random.default_rng(SEED).normal(size=(len(vocabulary), DIM)))
+    scores = np.zeros((3, len(vocabulary)))
+    scores[0, vocabulary.concepts.index("house")] = 0.4
+    scores[0, vocabulary.concepts.index("red")] = 0.9  # an attribute, not a category
+    scores[1] = -1.0
+    scores[1, vocabulary.concepts.index("word")] = -0.2  # a projection baseline may be negative everywhere
+    assert scoring.best_categories(scores, space).tolist() == ["house", "word", ""]

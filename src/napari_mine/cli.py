@@ -74,7 +74,7 @@ def cmd_fit(args) -> None:
         print(f"{name:>12}: median noise-ceiling-normalised r = {value:.3f}" if value is not None else name)
 
 
-def _backbone_for(store, checkpoint=None, device="cpu"):
+def _backbone_for(store, checkpoint=None, device="auto"):
     """The model that made `store`, refused if the weights differ from the ones recorded."""
     from napari_mine.models.backbone import load_backbone
     from napari_mine.pipeline import model_record

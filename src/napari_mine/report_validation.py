@@ -95,8 +95,9 @@ def _strip_rows(result: dict, n_examples: int) -> list[list[dict]]:
         else:
             original["title"] = f"{head}\ntop image"
             target = {"image": result["target"][i], "title": "low-response image"}
-            edited = {"image": result["conditions"]["edited"]["images"][i],
-                      "title": f"+ {_wrap(result['concepts'][i])}\n{_responses(result['conditions']['edited'], i, 'Δ')}"}
+            change = result["conditions"]["edited"]
+            edited = {"image": change["images"][i],
+                      "title": f"+ {_wrap(result['concepts'][i])}\n{_responses(change, i, 'Δ')}"}
             panels = [original, overlay, target, edited]
         rows.append(panels)
     return rows
@@ -206,22 +207,23 @@ def _sufficiency_table(entries: dict, kind: str) -> str:
 
 
 def _edit_table(validation: dict, kinds: list[str]) -> str:
-    head = "<tr><th>edit</th>" + "".join(
-        f"<th>sign accuracy ({_kind_name(k)})</th><th>mean Δ ({_kind_name(k)})</th>" for k in kinds) + "<th>n</th></tr>"
+    columns = "".join(f"<th>sign accuracy ({_kind_name(k)})</th><th>mean Δ ({_kind_name(k)})</th>" for k in kinds)
+    head = f"<tr><th>edit</th>{columns}<th>n</th></tr>"
     rows = ""
     for key, label in EDIT_ROWS:
         entry = validation.get(key)
         if not entry:
             continue
-        cells = "".join(f"<td>{_with_ci(entry.get(k, {}).get('value'), entry.get(k, {}).get('ci'))}</td>"
-                        f"<td>{_with_ci(entry.get(k, {}).get('mean_delta'), entry.get(k, {}).get('mean_delta_ci'))}</td>"
-                        for k in kinds)
+        cells = "".join(f"<td>{_with_ci(entry[k].get('value'), entry[k].get('ci'))}</td>"
+                        f"<td>{_with_ci(entry[k].get('mean_delta'), entry[k].get('mean_delta_ci'))}</td>"
+                        for k in kinds if k in entry)
         rows += f"<tr><td>{label}</td>{cells}<td>{entry.get('predicted', {}).get('n', '–')}</td></tr>"
     ratio = validation.get("profile_vs_image_insertion_delta_ratio")
     if ratio:
-        cells = "".join(f"<td colspan=2>{_with_ci(ratio.get(k, {}).get('value'), ratio.get(k, {}).get('ci'))}</td>"
-                        for k in kinds)
-        rows += f"<tr><td>Δ profile / Δ per-image insertion</td>{cells}<td>{ratio.get('predicted', {}).get('n', '–')}</td></tr>"
+        cells = "".join(f"<td colspan=2>{_with_ci(ratio[k].get('value'), ratio[k].get('ci'))}</td>"
+                        for k in kinds if k in ratio)
+        n = ratio.get("predicted", {}).get("n", "–")
+        rows += f"<tr><td>Δ profile / Δ per-image insertion</td>{cells}<td>{n}</td></tr>"
     hit = (validation.get("removal_sign_accuracy") or {}).get("removed_driving_object")
     note = (f"<p>Removals that took out the object that truly drives the voxel most: {hit:.0%}.</p>"
             if hit is not None else "")

@@ -210,7 +210,8 @@ def sample_pairs(store, *, n_voxels: int = 32, images_per_voxel: int = 2, top_k:
         raise MineInputError(f"Voxels must lie in 0..{weights.shape[1] - 1}; pick voxels of this encoder.")
     if min(top_k, images_per_voxel) < 1:
         raise MineInputError(f"top_k ({top_k}) and images_per_voxel ({images_per_voxel}) must be at least 1.")
-    predicted = store.array("features", "features") @ weights[:, voxels] + store.array("encoder", "effective_bias")[voxels]
+    bias = store.array("encoder", "effective_bias")[voxels]
+    predicted = store.array("features", "features") @ weights[:, voxels] + bias
     top = top_images(np.where(np.isfinite(predicted), predicted, -np.inf), top_k)
     pair_voxels, rows = [], []
     for column, voxel in enumerate(voxels):
@@ -414,9 +415,10 @@ def removal(store, backbone, generator, truth=None, *, pairs=None, images=None, 
             seed: int = 0, **sampling) -> dict:
     """Remove the high-attribution feature of each pair's image: the response should fall.
 
-    The edit mask is the top ``mask_fraction`` of the pair's exact attribution map (``attribution_mask``);
-    the procedural generator removes the object the mask overlaps most, a pixel generator inpaints the
-    mask. Pairs the generator cannot edit (a mask over no object) are skipped and counted.
+    The edit mask is the top ``mask_fraction`` of the pair's exact attribution map (``attribution_mask``),
+    cut to its connected part around the map's peak; the procedural generator removes the object the mask
+    overlaps most, a pixel generator inpaints the mask. Pairs the generator cannot edit (a mask over no
+    object) are skipped and counted.
 
     Parameters
     ----------
@@ -457,9 +459,10 @@ def insertion(store, backbone, generator, truth=None, *, space=None, concept_sou
 
     Each pair gets one target image, drawn (seeded) from the voxel's lowest ``low_fraction`` predicted
     responses; the feature goes where it sat in the pair's top image (the top ``mask_fraction`` of its
-    attribution map). The feature is the pair's per-image description (``concept_source="image"``) or the
-    voxel's profile (``"profile"``: its top concepts over its ``profile_top_k`` top images). The same seed
-    gives both sources the same targets and masks, so their Δ can be compared pair by pair.
+    attribution map, cut to the connected part around the peak). The feature is the pair's per-image
+    description (``concept_source="image"``) or the voxel's profile (``"profile"``: its top concepts over its
+    ``profile_top_k`` top images). The same seed gives both sources the same targets and masks, so their Δ
+    can be compared pair by pair.
 
     Parameters
     ----------
@@ -632,10 +635,24 @@ def _pair_record(study: Study, pairs: dict, tokens) -> dict:
 
 
 def _attribution_masks(study: Study, maps, fraction, dilate_px, feather_px) -> np.ndarray:
+    """Edit masks from attribution maps, each cut to the connected part that holds the map's peak.
+
+    The top pixels of a map often fall on two objects; one edit should change one feature (and an
+    insertion fitted to two blobs would be as large as both together).
+    """
+    from scipy.ndimage import label
+
+    from napari_mine.attribution import upsample
     from napari_mine.generate import attribution_mask
 
-    return np.stack([attribution_mask(grid, study.generator.image_size, top_fraction=fraction, dilate_px=dilate_px,
-                                      feather_px=feather_px) for grid in maps])
+    masks = []
+    for grid in maps:
+        mask = attribution_mask(grid, study.generator.image_size, top_fraction=fraction, dilate_px=dilate_px,
+                                feather_px=feather_px)
+        parts, _ = label(mask > 0)
+        peak = np.unravel_index(np.argmax(np.where(mask > 0, upsample(grid, mask.shape), -np.inf)), mask.shape)
+        masks.append(np.where(parts == parts[peak], mask, 0.0).astype(np.float32))
+    return np.stack(masks)
 
 
 def _generate(study: Study, texts, seed: int):
@@ -734,7 +751,8 @@ def _edit_summary(deltas, sign: int, n_boot: int, seed: int) -> dict:
     if deltas is None or not len(deltas):
         return {"value": None, "ci": [None, None], "n": 0, "mean_delta": None, "mean_delta_ci": [None, None]}
     correct = (np.sign(deltas) == sign).astype(float)
-    return {"value": float(correct.mean()), "ci": _ci(_bootstrap(lambda i: correct[i].mean(), len(deltas), n_boot, seed)),
+    accuracy_ci = _ci(_bootstrap(lambda i: correct[i].mean(), len(deltas), n_boot, seed))
+    return {"value": float(correct.mean()), "ci": accuracy_ci,
             "n": int(len(deltas)), "mean_delta": float(deltas.mean()),
             "mean_delta_ci": _ci(_bootstrap(lambda i: deltas[i].mean(), len(deltas), n_boot, seed))}
 

@@ -101,12 +101,13 @@ def load_backbone(name: str = SHIPPED_NAME, pretrained: str | None = None, check
     checkpoint : path, optional
         A local weights file (.safetensors, .pt, .pth, .bin) for the architecture ``name``.
     device : str
-        Torch device for the model and the preprocessed images.
+        Torch device for the model and the preprocessed images; "auto" is CUDA when available, else CPU.
 
     Returns
     -------
     Backbone
     """
+    device = resolve_device(device)
     register_shipped_config()
     _check_model_name(name)
     if checkpoint is not None and pretrained is not None:
@@ -114,6 +115,15 @@ def load_backbone(name: str = SHIPPED_NAME, pretrained: str | None = None, check
     weights, pretrained, tag_cfg = _resolve_weights(name, pretrained, checkpoint)
     model = _create_with_weights(name, weights, tag_cfg, device)
     return _as_backbone(model, name, pretrained, weights, device)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """The one place the torch device is chosen: "auto" is "cuda" when a GPU is visible, else "cpu"."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _check_model_name(name: str) -> None:

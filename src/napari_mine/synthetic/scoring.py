@@ -20,8 +20,9 @@ where the encoder is good enough for the question to be fair.
 * **Description.** For every pair, :func:`describe.describe_image` against the synthetic vocabulary; correct
   when its best *category* concept is the driving object's category.
 * **Profile.** :func:`describe.profiles_from_store` of all scored voxels; correct when the best category
-  concept of the voxel's profile is its true preferred category (a profile with no positive category
-  score counts as wrong), and the same for the direct-projection baseline. Per ROI label, the best category
+  concept of the voxel's profile is its true preferred category (a profile whose category scores are all
+  equal, e.g. all zero, gives no answer and counts as wrong), and the same for the direct-projection
+  baseline. Per ROI label, the best category
   concept of the mean profile of its scored voxels, and whether it is the ROI's true category.
 * **Clusters.** Per ROI label with at least 10 scored voxels, :func:`describe.cluster_voxels` (k chosen by
   silhouette) on the voxels' effective weights w̃, scored by the adjusted Rand index against the true
@@ -105,6 +106,9 @@ def score_interpretation(store, dataset, truth, backbone, *, seed: int = 0, n_vo
     }
 
 
+# ----------------------------------------------------------------------------------------------- voxels and pairs
+
+
 @dataclass(frozen=True)
 class Pairs:
     """(image, voxel) pairs with what their scores need: the image's token contributions, the voxel's
@@ -116,9 +120,6 @@ class Pairs:
     weights: np.ndarray  # float32 (D, P)
     masks: list  # bool (H, W) per pair
     categories: np.ndarray  # str (P,)
-
-
-# ----------------------------------------------------------------------------------------------- voxels and pairs
 
 
 def scored_voxels(store, dataset, truth, min_normalized_r: float = MIN_NORMALIZED_R) -> np.ndarray:
@@ -263,11 +264,12 @@ def description_categories(tokens: np.ndarray, weights: np.ndarray, space) -> np
 
 
 def best_categories(scores: np.ndarray, space) -> np.ndarray:
-    """Best category concept of each profile row (V, K); "" where no category scores above zero."""
+    """Best category concept of each profile row (V, K); "" where every category scores the same (no answer,
+    e.g. a MINE profile whose categories all score zero)."""
     columns = np.flatnonzero(np.asarray(space.vocabulary.groups) == CATEGORY_GROUP)
     category_scores = np.atleast_2d(scores)[:, columns]
     names = np.array([space.vocabulary.concepts[c] for c in columns], dtype=object)
-    return np.where(category_scores.max(axis=1) > 0, names[category_scores.argmax(axis=1)], "")
+    return np.where(np.ptp(category_scores, axis=1) > 0, names[category_scores.argmax(axis=1)], "")
 
 
 def profile_scores(store, truth, voxels: np.ndarray, space) -> dict:
