@@ -158,7 +158,7 @@ def test_unreachable_hub_fails_without_retrying(monkeypatch):
 
 
 def test_shipped_model_names_the_concept_of_fresh_renders_zero_shot(shipped):
-    images, scenes = _single_object_renders(seed=4, per_category=4)
+    images, scenes = _single_object_renders(seed=4, per_category=6)
     prompts = shipped.encode_text([S.CONCEPT_PROMPTS[category] for category in S.CATEGORIES])
     predicted = (shipped.encode_image(images) @ prompts.T).argmax(1).numpy()
     truth = np.array([S.CATEGORIES.index(scene.objects[0].category) for scene in scenes])
