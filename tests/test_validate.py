@@ -240,8 +240,9 @@ def test_a_voxel_without_top_images_is_named(world, tmp_path):
         V.sample_pairs(store, voxels=[3])
     with pytest.raises(MineInputError, match="top_k"):
         V.sample_pairs(store, voxels=[4], top_k=0)
-    with pytest.raises(MineInputError, match="normalised r of 2.0"):
-        V.sample_pairs(store, min_nc_r=2.0)
+    above_every_voxel = float(np.nanmax(arrays["accuracy/normalized_r"])) + 1.0
+    with pytest.raises(MineInputError, match="No category voxel reaches a noise-ceiling-normalised r"):
+        V.sample_pairs(store, min_nc_r=above_every_voxel)
 
 
 def test_pixel_generators_need_images_and_must_keep_the_size(world, pairs):
