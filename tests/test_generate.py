@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 from napari_mine.attribution import upsample
-from napari_mine.errors import MineInputError
+from napari_mine.errors import Cancelled, MineInputError
 from napari_mine.generate import (DiffusionGenerator, GenerationCancelled, ProceduralGenerator, attribution_mask,
                                   composite, feather, random_pipeline, scene_from_description)
-from napari_mine.pipeline import Cancelled
 from napari_mine.synthetic import scenes as S
 
 STEPS = 2

@@ -13,6 +13,7 @@ import pytest
 from napari_mine import cli
 from napari_mine.data import load_nsd
 from napari_mine.encoding import VoxelEncoder
+from napari_mine.errors import Cancelled
 from napari_mine.models.backbone import load_backbone
 from napari_mine.pipeline import compute_features, fit_encoder_step, model_record
 from napari_mine.store import ResultsStore
@@ -110,3 +111,26 @@ def test_cli_features_then_fit_on_an_nsd_folder(fitted, tmp_path, capsys):
     assert "FFA-1" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["encoder"]["n_voxels"] == dataset.n_voxels
+
+
+def test_a_cancelled_encoder_fit_keeps_the_fitted_encoder(fitted):
+    dataset, _, store, _ = fitted
+    before = store.array("encoder", "effective_weights")
+    checks = []
+
+    def stop_after_two_folds():
+        checks.append(1)
+        return len(checks) > 2
+
+    with pytest.raises(Cancelled, match="encoder fit was cancelled"):
+        fit_encoder_step(dataset, store, alphas=[1.0, 10.0], should_stop=stop_after_two_folds)
+    assert len(checks) == 3
+    np.testing.assert_array_equal(ResultsStore.open(store.root).array("encoder", "effective_weights"), before)
+
+
+def test_encoder_fit_reports_progress_in_voxels(fitted):
+    dataset, _, store, _ = fitted
+    reports = []
+    fit_encoder_step(dataset, ResultsStore.open(store.root), on_progress=lambda *report: reports.append(report))
+    n_voxels = int(np.asarray(dataset.mask).sum())
+    assert reports[-1] == (n_voxels, n_voxels)

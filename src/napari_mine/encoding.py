@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from napari_mine.errors import MineInputError
+from napari_mine.errors import Cancelled, MineInputError
 
 DEFAULT_ALPHAS = np.logspace(0, 6, 13)  # on standardised features: from negligible next to the Gram (~n) to heavy
 BACKENDS = ("auto", "numpy", "torch", "torch_cuda")
@@ -131,6 +131,7 @@ def fit_encoder(
     backend: str = "auto",
     voxel_batch: int = 4096,
     on_progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> VoxelEncoder:
     """Fit a ridge encoder with one α per voxel chosen by cross-validated held-out squared error.
 
@@ -151,7 +152,10 @@ def fit_encoder(
     voxel_batch : int
         Voxels processed at once; bounds memory to about ``n × voxel_batch`` floats on the device.
     on_progress : callable(done_voxels, total_voxels), optional
-        Called after each voxel batch; raise from it to cancel the fit.
+        Called after each voxel batch.
+    should_stop : callable() -> bool, optional
+        Checked after each fold's eigendecomposition and each voxel batch; True ends the fit by raising
+        :class:`napari_mine.errors.Cancelled`.
 
     Returns
     -------
@@ -170,7 +174,10 @@ def fit_encoder(
     batch_size = max(1, int(voxel_batch))
     covers_all = _validation_covers_all(splits, len(features))
     with _himalaya_backend(resolve_backend(backend)) as hb:
-        folds = [_fold_geometry(hb, standardised, gram, train, test) for train, test in splits]
+        folds = []
+        for train, test in splits:
+            folds.append(_fold_geometry(hb, standardised, gram, train, test))
+            _stop_if_asked(should_stop)
         full = _fold_geometry(hb, standardised, gram, np.arange(len(features)), np.arange(0))
         design = hb.asarray(standardised, dtype=hb.float32)
         for start in range(0, n_voxels, batch_size):
@@ -180,6 +187,7 @@ def fit_encoder(
                                                                      covers_all)
             if on_progress is not None:
                 on_progress(batch.stop, n_voxels)
+            _stop_if_asked(should_stop)
     return VoxelEncoder(
         weights=weights,
         intercept=response_mean.astype(np.float32),
@@ -187,6 +195,11 @@ def fit_encoder(
         feature_mean=feature_mean.astype(np.float32),
         feature_scale=feature_scale.astype(np.float32),
     )
+
+
+def _stop_if_asked(should_stop) -> None:
+    if should_stop is not None and should_stop():
+        raise Cancelled("the encoder fit was cancelled; nothing was written.")
 
 
 def _fit_voxel_batch(hb, folds, full, design, centred, alphas: np.ndarray, validation_covers_all: bool):

@@ -11,15 +11,11 @@ from typing import Callable
 
 import numpy as np
 
-from napari_mine.errors import MineInputError
+from napari_mine.errors import Cancelled, MineInputError
 from napari_mine.store import ResultsStore, write_arrays
 
 Progress = Callable[[int, int], None] | None
 StopFlag = Callable[[], bool] | None
-
-
-class Cancelled(RuntimeError):
-    """Raised inside a step when `should_stop()` asked it to end; nothing was written."""
 
 
 def model_record(backbone) -> dict:
@@ -86,11 +82,13 @@ def compute_features(
     return n_images
 
 
-def fit_encoder_step(dataset, store: ResultsStore, *, alphas=None, on_progress: Progress = None) -> dict:
+def fit_encoder_step(dataset, store: ResultsStore, *, alphas=None, on_progress: Progress = None,
+                     should_stop: StopFlag = None) -> dict:
     """Fit the voxelwise ridge encoder on train images and score it on held-out images.
 
     Responses are averaged over repeats per image (NSD practice); the noise ceiling uses the test images'
-    repeat counts. Returns per-ROI medians of the noise-ceiling-normalised r.
+    repeat counts. Progress is reported in voxels; a stop request ends the fit at its next fold or voxel
+    batch with the store as it was. Returns per-ROI medians of the noise-ceiling-normalised r.
     """
     from napari_mine import encoding
 
@@ -110,7 +108,8 @@ def fit_encoder_step(dataset, store: ResultsStore, *, alphas=None, on_progress: 
         raise MineInputError("need at least 10 train and 10 test images with responses; use a larger dataset.")
 
     kwargs = {} if alphas is None else {"alphas": np.asarray(alphas, dtype=float)}
-    encoder = encoding.fit_encoder(features[image_ids[~is_test]], responses[~is_test], **kwargs)
+    encoder = encoding.fit_encoder(features[image_ids[~is_test]], responses[~is_test], on_progress=on_progress,
+                                   should_stop=should_stop, **kwargs)
     scores = encoding.evaluate(
         encoder, features[image_ids[is_test]], responses[is_test], dataset.ncsnr, n_repeats[is_test]
     )

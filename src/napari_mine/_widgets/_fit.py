@@ -1,9 +1,8 @@
 """Fit: compute features and token contributions, then fit the voxelwise encoder, in a thread worker.
 
 The job is a generator worker: it yields progress (shown in the widget and in napari's activity dock,
-where it can be cancelled) and is stopped with ``worker.quit()``. Cancelling during the feature step leaves
-the results folder as it was; the encoder fit itself is one solver call that runs to its end once started.
-When the job ends, the accuracy map is put on the layers of the store the job started on.
+where it can be cancelled) and is stopped with ``worker.quit()``. Cancelling during either step leaves
+the results folder as it was (the encoder fit stops at its next fold or voxel batch, seconds at most). When the job ends, the accuracy map is put on the layers of the store the job started on.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from napari_mine._widgets._common import (
 )
 
 FEATURES = "Decomposing images into token contributions"
-ENCODER = "Fitting the voxelwise encoder (runs to its end once started)"
+ENCODER = "Fitting the voxelwise encoder (voxels done)"
 
 
 def fit_steps(root: str, checkpoint: str | None, recompute: bool, stop: threading.Event):
@@ -47,12 +46,21 @@ def fit_steps(root: str, checkpoint: str | None, recompute: bool, stop: threadin
         yield ("Loading the model", 0, 0)
         model = store.manifest["model"]
         backbone = shared_backbone(model.get("name"), model.get("pretrained"), checkpoint)
-        for report in steps_of(compute_features, dataset, backbone, store, stop=stop):
-            yield (FEATURES, *report) if report else (FEATURES, -1, -1)
+        yield from _staged(FEATURES, steps_of(compute_features, dataset, backbone, store, stop=stop))
     yield (ENCODER, 0, 0)
-    summary = fit_encoder_step(dataset, store)
+    summary = yield from _staged(ENCODER, steps_of(fit_encoder_step, dataset, store, stop=stop))
     store.update_summary("encoder", summary)
     return root, read_store(root, stimuli=False), summary
+
+
+def _staged(stage: str, reports):
+    """The reports of a `steps_of` generator as ``(stage, done, total)``; returns the step's result."""
+    while True:
+        try:
+            report = next(reports)
+        except StopIteration as end:
+            return end.value
+        yield (stage, *report) if report else (stage, -1, -1)
 
 
 class FitWidget(QWidget):
@@ -143,9 +151,11 @@ class FitWidget(QWidget):
         return self.worker
 
     def cancel(self) -> None:
-        """Ask the job to stop at its next progress report."""
+        """Stop the running step at its next check (the step sees the flag at once, the worker at its next
+        report)."""
         if self.worker is not None:
             self.stage.setText("Cancelling…")
+            self._stop.set()
             self.worker.quit()
 
     def _on_progress(self, report) -> None:
@@ -179,7 +189,7 @@ class FitWidget(QWidget):
         self.bar.setValue(1)
 
     def _on_aborted(self) -> None:
-        self.stage.setText("Cancelled; the results folder is unchanged.")
+        self.stage.setText("Cancelled: the step that was running wrote nothing; steps that had finished are kept.")
 
     def _on_finished(self) -> None:
         if self._progress is not None:

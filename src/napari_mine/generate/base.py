@@ -16,8 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from napari_mine.errors import MineInputError
-from napari_mine.pipeline import Cancelled
+from napari_mine.errors import Cancelled, MineInputError
 
 Progress = Callable[[int, int], None] | None
 StopFlag = Callable[[], bool] | None
@@ -27,7 +26,7 @@ DEFAULT_TOP_FRACTION = 0.1
 class GenerationCancelled(Cancelled):
     """``should_stop()`` asked a generation to end: it stopped at the next step or image and returned nothing.
 
-    A subclass of :class:`napari_mine.pipeline.Cancelled`, so code that runs any long step catches one type.
+    A subclass of :class:`napari_mine.errors.Cancelled`, so code that runs any long step catches one type.
     """
 
 
