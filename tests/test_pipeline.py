@@ -134,3 +134,39 @@ def test_encoder_fit_reports_progress_in_voxels(fitted):
     fit_encoder_step(dataset, ResultsStore.open(store.root), on_progress=lambda *report: reports.append(report))
     n_voxels = int(np.asarray(dataset.mask).sum())
     assert reports[-1] == (n_voxels, n_voxels)
+
+
+def test_features_on_a_dask_cluster_match_the_serial_ones(fitted, tmp_path, monkeypatch):
+    from distributed import Client
+
+    from napari_mine import decompose
+
+    monkeypatch.setattr(decompose, "TOKEN_CHUNK_BYTES", 2**20)  # several tasks (one per chunk) for 240 images
+    dataset, backbone, store, _ = fitted
+    on_cluster = ResultsStore.create(tmp_path / "cluster", model=model_record(backbone), dataset=dataset.source)
+    reports = []
+    with Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        n = compute_features(dataset, backbone, on_cluster, batch_size=16, client=client,
+                             on_progress=lambda *report: reports.append(report))
+    assert n == len(dataset.images) and reports[-1] == (n, n) and len(reports) == on_cluster.group("features")["tokens"].nchunks
+    for name in ("tokens", "rest", "features", "image_ids"):
+        np.testing.assert_allclose(on_cluster.array("features", name), store.array("features", name), atol=1e-6)
+
+
+def test_a_stopped_dask_extraction_leaves_the_store_unchanged(fitted, tmp_path):
+    from distributed import Client
+
+    dataset, backbone, _, _ = fitted
+    on_cluster = ResultsStore.create(tmp_path / "cluster", model=model_record(backbone), dataset=dataset.source)
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        with pytest.raises(Cancelled, match="cancelled"):
+            compute_features(dataset, backbone, on_cluster, client=client, should_stop=lambda: True)
+    assert not on_cluster.has("features")
+    assert not [path for path in on_cluster.root.iterdir() if path.name.startswith(".features")]
+
+
+def test_cli_features_names_an_unreachable_dask_scheduler(fitted, tmp_path, capsys):
+    world = fitted[0].source["root"]
+    assert cli.main(["features", str(world), "--out", str(tmp_path / "results"), "--dask", "tcp://127.0.0.1:1"]) == 2
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:1" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()

@@ -57,8 +57,19 @@ def cmd_features(args) -> None:
 
     dataset = _load_dataset(args.data, args.layout, args.subject)
     backbone = load_backbone(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, device=args.device)
-    store = ResultsStore.create(args.out, model=model_record(backbone), dataset=dataset.source)
-    n = compute_features(dataset, backbone, store, batch_size=args.batch_size, on_progress=_progress("features"))
+    client = None
+    if args.dask:
+        from napari_mine.distributed import connect
+
+        client = connect(args.dask)
+        print(f"decomposing on the Dask cluster {client.dashboard_link}")
+    try:
+        store = ResultsStore.create(args.out, model=model_record(backbone), dataset=dataset.source)
+        n = compute_features(dataset, backbone, store, batch_size=args.batch_size, client=client,
+                             checkpoint=args.checkpoint, on_progress=_progress("features"))
+    finally:
+        if client is not None:
+            client.close()
     print(f"features and token contributions of {n} images written to {store.root}")
 
 
@@ -218,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--checkpoint", default=None, help="a local weights file (no download)")
     features.add_argument("--device", default="auto", help="cpu, cuda or auto")
     features.add_argument("--batch-size", type=int, default=64)
+    features.add_argument("--dask", default=None, metavar="ADDRESS",
+                          help="decompose on a Dask cluster: a scheduler address (tcp://host:8786) or 'local'; "
+                               "its workers must see the results folder and the images")
     features.set_defaults(run=cmd_features)
 
     fit = commands.add_parser("fit", help="fit the voxelwise ridge encoder and score it against the noise ceiling")

@@ -118,7 +118,7 @@ def decompose_images(model, images, layers: Sequence[int] | None = None) -> Deco
     visual = vision_tower(model)
     pixels = _checked_images(visual, images)
     selected = _checked_layers(visual, layers)
-    batch, n_tokens, width = pixels.shape[0], _n_tokens(visual), visual.transformer.width
+    batch, n_tokens, width = pixels.shape[0], token_count(visual), visual.transformer.width
     token_sum = torch.zeros(batch, n_tokens, width, device=pixels.device, dtype=torch.float32)
 
     def add_layer_tokens(block, value_terms):
@@ -214,7 +214,7 @@ def decompose_to_store(
     """
     visual = vision_tower(model)
     total = _count_images(images, n_images)
-    arrays = _create_cache_arrays(group, total, _n_tokens(visual), _output_dim(visual))
+    arrays = create_cache_arrays(group, total, token_count(visual), output_dim(visual))
     group.attrs.update({"complete": False, "n_done": 0})
     done = 0
     batches = _batches(images, batch_size)
@@ -464,7 +464,7 @@ def _post_constant(visual):
 
     bias = visual.ln_post.bias
     if bias is None:
-        return torch.zeros(_output_dim(visual), device=visual.conv1.weight.device)
+        return torch.zeros(output_dim(visual), device=visual.conv1.weight.device)
     return bias.float() @ visual.proj.float() if visual.proj is not None else bias.float()
 
 
@@ -505,11 +505,11 @@ def _checked_layers(visual, layers) -> tuple[int, ...]:
     return tuple(sorted({layer % n_layers for layer in chosen}))
 
 
-def _n_tokens(visual) -> int:
+def token_count(visual) -> int:
     return visual.grid_size[0] * visual.grid_size[1] + 1
 
 
-def _output_dim(visual) -> int:
+def output_dim(visual) -> int:
     return visual.proj.shape[1] if visual.proj is not None else visual.transformer.width
 
 
@@ -554,7 +554,7 @@ def _batches(images, batch_size: int | None) -> Iterator:
             yield batch[start : start + step]
 
 
-def _create_cache_arrays(group, n_images: int, n_tokens: int, dim: int) -> dict:
+def create_cache_arrays(group, n_images: int, n_tokens: int, dim: int) -> dict:
     """Full-size float32 arrays chunked by images (a chunk of a few MiB), NaN until written."""
     token_rows = _rows_per_chunk(n_tokens * dim * 4, TOKEN_CHUNK_BYTES, n_images)
     vector_rows = _rows_per_chunk(dim * 4, VECTOR_CHUNK_BYTES, n_images)

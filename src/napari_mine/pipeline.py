@@ -51,14 +51,19 @@ def compute_features(
     store: ResultsStore,
     *,
     batch_size: int = 64,
+    client=None,
+    checkpoint: str | None = None,
     on_progress: Progress = None,
     should_stop: StopFlag = None,
 ) -> int:
     """Decompose every image of `dataset` with `backbone` into the store's token contribution cache.
 
+    With a Dask `client` the images are decomposed on its workers, which load the backbone themselves (from
+    `checkpoint` when it came from a weights file) and write into the store: see `napari_mine.distributed`.
     Returns the number of images. Rows of `features.zarr` follow `dataset.images` order.
     """
     from napari_mine.decompose import decompose_to_store
+    from napari_mine.distributed import decompose_on_cluster
 
     store.check_model(model_record(backbone)["id"])
     save_brain(dataset, store)
@@ -73,9 +78,12 @@ def compute_features(
 
     settings = {"batch_size": batch_size, "n_images": n_images}
     with store.write_step("features", settings) as group:
-        decompose_to_store(
-            backbone.model, batches(), group, n_images=n_images, on_progress=on_progress, should_stop=should_stop
-        )
+        if client is None:
+            decompose_to_store(backbone.model, batches(), group, n_images=n_images, on_progress=on_progress,
+                               should_stop=should_stop)
+        else:
+            decompose_on_cluster(client, backbone, group, dataset.images, checkpoint=checkpoint,
+                                 batch_size=batch_size, on_progress=on_progress, should_stop=should_stop)
         if group.attrs.get("complete") is False:
             raise Cancelled("feature extraction was cancelled; the store is unchanged.")
         write_arrays(group, {"image_ids": np.asarray(dataset.images.ids)})
