@@ -1,4 +1,5 @@
-"""The dock widgets driven as a user would: open data, click voxels, move the stimulus slider, fit, cancel.
+"""The dock widgets driven as a user would: open data, click voxels, move the stimulus slider, fit, cancel,
+edit an image for a voxel.
 
 One tiny synthetic world (150 images) and its fitted results store are built once per session through
 the real pipeline (loader → shipped mine-small → features → encoder) and only read afterwards; tests that
@@ -7,6 +8,7 @@ write (Data and model, Fit) use fresh results folders.
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -365,3 +367,145 @@ def test_opening_a_missing_folder_reports_an_error(make_napari_viewer, tmp_path,
     assert blocker.args == [""]
     assert "not a napari-mine results folder" in str(notification_manager.records[-1].message)
     assert len(viewer.layers) == 0
+
+
+# ---- counterfactual editor ------------------------------------------------------------------------------
+def select_voxel_and_top_image(viewer, fitted_store, qtbot):
+    """Click a well-predicted face voxel and move the stimulus slider to its best image (the editor's target)."""
+    inspector = dock(viewer, "Voxel inspector")
+    voxel, ijk = good_voxel(fitted_store)
+    with qtbot.waitSignal(inspector.updated, timeout=TIMEOUT_MS):
+        click(viewer, inspector, world_position(viewer, ijk))
+    row = inspector.top_rows[0]
+    viewer.dims.set_current_step(0, row)
+    return voxel, row
+
+
+def open_editor(viewer, qtbot):
+    editor = dock(viewer, "Counterfactual editor")
+    qtbot.waitUntil(lambda: editor.concept.count() > 0, timeout=TIMEOUT_MS)
+    return editor
+
+
+def editor_study(fitted_store, world):
+    """The study the editor builds for the synthetic world (procedural generator and true brain)."""
+    from napari_mine._widgets._store_view import shared_backbone
+    from napari_mine.generate import ProceduralGenerator
+    from napari_mine.store import ResultsStore
+    from napari_mine.synthetic.truth import load_truth
+    from napari_mine.validate import open_study
+
+    return open_study(ResultsStore.open(fitted_store), shared_backbone("mine-small", None, None),
+                      ProceduralGenerator.from_world(world), load_truth(world))
+
+
+def test_editor_removes_the_driving_feature_then_a_cancelled_edit_adds_nothing(viewer_with_store, fitted_store,
+                                                                               tiny_world, qtbot):
+    from napari_mine._widgets._editor import PROCEDURAL
+    from napari_mine._widgets._store_view import open_view
+    from napari_mine.counterfactual import edit_for_voxel
+
+    viewer = viewer_with_store
+    voxel, row = select_voxel_and_top_image(viewer, fitted_store, qtbot)
+    editor = open_editor(viewer, qtbot)
+    assert editor.target.text().startswith(f"Voxel {voxel} of ") and f"image #{row} " in editor.target.text()
+    assert editor.generator.currentText() == PROCEDURAL and editor.action.currentData() == "remove"
+    with qtbot.waitSignal(editor.job_finished, timeout=TIMEOUT_MS) as blocker:
+        editor.run()
+    assert blocker.args == ["done"]
+    study = editor_study(fitted_store, tiny_world)
+    expected = edit_for_voxel(study, voxel, row, "remove")
+    assert f"Δ = {expected.delta:+.3f}" in editor.delta.text() and expected.delta < 0
+    assert f"True simulated brain: Δ = {expected.true_delta:+.3f}" in editor.delta.text()
+    edited, stimuli = layer_of(viewer, "edit"), layer_of(viewer, "stimuli")
+    assert edited.rgb and edited.data.shape == (1, *stimuli.data.shape[2:])
+    np.testing.assert_array_equal(edited.data[0], expected.edited)
+    assert edited.translate[-1] > stimuli.translate[-1] + stimuli.scale[-1] * stimuli.data.shape[3] / 2
+    delta_map, mask = layer_of(viewer, "delta"), open_view(fitted_store).mask
+    assert delta_map.data.shape == layer_of(viewer, "accuracy").data.shape == mask.shape
+    np.testing.assert_allclose(delta_map.data[mask], expected.brain_delta, atol=1e-5)
+    assert np.isnan(delta_map.data[~mask]).all()
+    low, high = delta_map.contrast_limits
+    assert low == -high and high == pytest.approx(np.abs(expected.brain_delta).max(), rel=1e-5)
+
+    n_layers, shown = len(viewer.layers), edited.data.copy()
+    editor.action.setCurrentIndex(editor.action.findData("regenerate"))
+    with qtbot.waitSignal(editor.job_finished, timeout=TIMEOUT_MS) as blocker:
+        editor.run()
+        editor.cancel()
+    assert blocker.args == ["cancelled"]
+    assert "Cancelled" in editor.stage.text() and editor.run_button.isEnabled()
+    assert len(viewer.layers) == n_layers and np.array_equal(edited.data, shown)
+    assert f"Δ = {expected.delta:+.3f}" in editor.delta.text()
+    with qtbot.waitSignal(editor.job_finished, timeout=TIMEOUT_MS) as blocker:
+        editor.run()
+    assert blocker.args == ["done"] and len(viewer.layers) == n_layers
+    regenerated = edit_for_voxel(study, voxel, row, "regenerate")
+    assert f"regenerated from “{regenerated.text}”" in editor.delta.text()
+    np.testing.assert_array_equal(edited.data[0], regenerated.edited)
+
+
+def test_editor_inserts_a_concept_picked_from_the_voxels_profile(viewer_with_store, fitted_store, tiny_world,
+                                                                  qtbot):
+    from napari_mine._widgets._store_view import open_view
+    from napari_mine.counterfactual import edit_for_voxel, profile_concepts
+
+    viewer = viewer_with_store
+    voxel, row = select_voxel_and_top_image(viewer, fitted_store, qtbot)
+    editor = open_editor(viewer, qtbot)
+    view = open_view(fitted_store)
+    space = view.concept_space()
+    suggested = profile_concepts(view.profiles([voxel], space).scores[0], space.vocabulary)
+    assert [editor.concept.itemText(i) for i in range(editor.concept.count())] == suggested
+    editor.action.setCurrentIndex(editor.action.findData("insert"))
+    assert editor.concept.isEnabled() and editor.region.value() == 15
+    editor.concept.setCurrentIndex(1)  # the profile's best category on its own
+    with qtbot.waitSignal(editor.job_finished, timeout=TIMEOUT_MS) as blocker:
+        editor.run()
+    assert blocker.args == ["done"]
+    expected = edit_for_voxel(editor_study(fitted_store, tiny_world), voxel, row, "insert", concept=suggested[1])
+    assert f"Δ = {expected.delta:+.3f}" in editor.delta.text()
+    assert f"inserted “{suggested[1]}”" in editor.delta.text()
+    edited = layer_of(viewer, "edit")
+    assert edited.metadata[META]["action"] == "insert" and edited.metadata[META]["text"] == suggested[1]
+    np.testing.assert_array_equal(edited.data[0], expected.edited)
+
+
+def test_a_failing_generator_is_reported_and_the_editor_keeps_working_with_diffusers(viewer_with_store, fitted_store,
+                                                                                      tmp_path, qtbot):
+    """A folder without a pipeline fails with a notification; a tiny random diffusers pipeline then edits pixels."""
+    from napari.utils.notifications import notification_manager
+
+    from napari_mine._widgets._editor import DIFFUSERS
+    from napari_mine._widgets._store_view import open_view, shared_backbone
+    from napari_mine.counterfactual import edit_for_voxel
+    from napari_mine.generate import DiffusionGenerator, random_pipeline
+    from napari_mine.validate import open_study
+
+    viewer = viewer_with_store
+    voxel, row = select_voxel_and_top_image(viewer, fitted_store, qtbot)
+    editor = open_editor(viewer, qtbot)
+    editor.generator.setCurrentText(DIFFUSERS)
+    editor.model.setText(str(tmp_path))  # a folder without a diffusers pipeline
+    n_layers = len(viewer.layers)
+    with qtbot.waitSignal(editor.job_finished, timeout=TIMEOUT_MS) as blocker:
+        editor.run()
+    assert blocker.args == ["failed"]
+    assert any("holds no diffusers pipeline" in str(record.message) for record in notification_manager.records)
+    assert len(viewer.layers) == n_layers and "Failed" in editor.stage.text()
+
+    random_pipeline("tiny", seed=0).save_pretrained(tmp_path / "sd")
+    editor.model.setText(str(tmp_path / "sd"))
+    editor.steps.setValue(2)
+    with qtbot.waitSignal(editor.job_finished, timeout=TIMEOUT_MS) as blocker:
+        editor.run()
+    assert blocker.args == ["done"]
+    view = open_view(fitted_store)
+    study = open_study(view.store, shared_backbone("mine-small", None, None),
+                       DiffusionGenerator.load(tmp_path / "sd", steps=2), images=view.images)
+    expected = edit_for_voxel(study, voxel, row, "remove")
+    shown = float(re.search(r"Δ = ([+-][0-9.]+)", editor.delta.text()).group(1))
+    assert shown == pytest.approx(expected.delta, abs=2e-3)
+    edited, stimuli = layer_of(viewer, "edit"), layer_of(viewer, "stimuli")
+    assert edited.data.shape == (1, 16, 16, 3)  # the tiny model's size, drawn as tall as the stimulus
+    assert edited.scale[-1] * 16 == pytest.approx(stimuli.scale[-1] * stimuli.data.shape[3])

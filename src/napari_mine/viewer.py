@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-DEFAULT_WIDGETS = ("Voxel inspector", "ROI explorer")
+DEFAULT_WIDGETS = ("Voxel inspector", "ROI explorer", "Counterfactual editor")
 
 
 def view_results(path: str | os.PathLike, *, widgets=DEFAULT_WIDGETS, block: bool = True, show: bool = True):
@@ -17,7 +17,7 @@ def view_results(path: str | os.PathLike, *, widgets=DEFAULT_WIDGETS, block: boo
         A results folder (holding ``manifest.json``).
     widgets : sequence of str
         Display names of napari-mine widgets to dock ("Data and model", "Fit", "Voxel inspector",
-        "ROI explorer").
+        "ROI explorer", "Counterfactual editor").
     block : bool
         Run the Qt event loop until the window is closed (False returns at once, e.g. in a notebook).
     show : bool
