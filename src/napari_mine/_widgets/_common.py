@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from qtpy.QtCore import QRectF, Qt
 from qtpy.QtGui import QColor, QImage, QPainter, QPixmap
-from qtpy.QtWidgets import QSizePolicy, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QWidget
 
 from napari_mine._reader import META
 from napari_mine.errors import MineInputError
@@ -219,6 +219,117 @@ def steps_of(function, *args, stop: threading.Event, heartbeat_s: float = 0.1, *
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
+
+
+def staged(stage: str, reports):
+    """The reports of a :func:`steps_of` generator as ``(stage, done, total)``; returns the step's result."""
+    while True:
+        try:
+            report = next(reports)
+        except StopIteration as end:
+            return end.value
+        yield (stage, *report) if report else (stage, -1, -1)
+
+
+class StagedJobs:
+    """Run and cancel one generator job at a time for a dock (Fit, Counterfactual editor), with progress.
+
+    The job is ``job(*args, stop)``: it yields ``(stage, done, total)`` (``total`` 0: a stage of unknown length;
+    ``done`` -1: no news, a chance to stop) and returns its result. It runs in a napari thread worker; its
+    progress goes to the dock's ``bar`` and ``stage`` label and to napari's activity dock, where it can be
+    cancelled too. Cancelling sets ``stop`` at once (the running step ends at its next check) and quits the
+    worker at its next report. The dock has ``run_button``, ``cancel_button``, ``bar``, ``stage``, a
+    ``job_finished`` signal (emitted with "done", "cancelled" or "failed") and defines ``run``, ``_show_result``
+    and ``_after_job``; ``FAILED`` and ``CANCELLED`` are what its stage label says then. ``add_job_controls``
+    makes the buttons, bar and label.
+    """
+
+    FAILED = "Failed (see the notification)."
+    CANCELLED = "Cancelled."
+    worker = None
+    _progress = None
+    _stop: threading.Event | None = None
+    _outcome = ""
+
+    def add_job_controls(self, layout, run_text: str) -> None:
+        """The run and cancel buttons, the progress bar and the stage label, added to ``layout``."""
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton(run_text)
+        self.run_button.clicked.connect(self.run)
+        buttons.addWidget(self.run_button)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons.addWidget(self.cancel_button)
+        layout.addLayout(buttons)
+        self.bar = QProgressBar()
+        layout.addWidget(self.bar)
+        self.stage = QLabel("")
+        self.stage.setWordWrap(True)
+        layout.addWidget(self.stage)
+
+    def start_job(self, description: str, job, *args):
+        """Start ``job`` in a worker; returns the worker."""
+        from napari.qt.threading import create_worker
+        from napari.utils import cancelable_progress
+
+        self._stop = threading.Event()
+        self.worker = create_worker(guarded_generator, job, *args, self._stop, _start_thread=False)
+        self.worker.yielded.connect(self._on_progress)
+        self.worker.returned.connect(self._on_returned)
+        self.worker.aborted.connect(self._stop.set)
+        self.worker.finished.connect(self._on_job_finished)
+        self._progress = cancelable_progress(total=0, desc=description)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.stage.setText("Starting…")
+        self._outcome = "cancelled"  # unless the job returns
+        self.worker.start()
+        return self.worker
+
+    def cancel(self) -> None:
+        """Stop the running step at its next check and the worker at its next report."""
+        if self.worker is not None:
+            self.stage.setText("Cancelling…")
+            self._stop.set()
+            self.worker.quit()
+
+    def _on_progress(self, report) -> None:
+        stage, done, total = report
+        if self._progress is not None and self._progress.is_canceled:
+            self.cancel()
+            return
+        if done < 0:
+            return
+        self.stage.setText(stage)
+        self.bar.setRange(0, max(total, 0))
+        self.bar.setValue(done)
+        if self._progress is not None:
+            self._progress.set_description(stage)
+            if self._progress.total != total:
+                self._progress.total = total
+            self._progress.update(done - self._progress.n)
+
+    def _on_returned(self, value) -> None:
+        if report_failure(value):
+            self._outcome = "failed"
+            self.stage.setText(self.FAILED)
+            return
+        self._outcome = "done"
+        self.bar.setRange(0, 1)
+        self.bar.setValue(1)
+        self._show_result(value)
+
+    def _on_job_finished(self) -> None:
+        if self._outcome == "cancelled":  # a worker asked to quit returns nothing, whether it aborted or not
+            self.stage.setText(self.CANCELLED)
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self.worker = None
+        self.cancel_button.setEnabled(False)
+        self._after_job()
+        self.job_finished.emit(self._outcome)
 
 
 # ---- drawing ----------------------------------------------------------------------------------------

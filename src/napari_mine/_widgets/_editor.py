@@ -20,11 +20,8 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
-    QProgressBar,
-    QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -34,11 +31,12 @@ from napari_mine._reader import layer_metadata
 from napari_mine._widgets._common import (
     NEGATIVE,
     POSITIVE,
+    StagedJobs,
     brain_layer,
     current_store,
-    guarded_generator,
     mine_meta,
     report_failure,
+    staged,
     start_job,
     steps_of,
     stimulus_row,
@@ -134,15 +132,8 @@ def edit_steps(store: str, voxel: int, row: int, action: str, concept: str, gene
     backbone = shared_backbone(record.get("name"), record.get("pretrained"), checkpoint)
     space = view.concept_space(vocabulary, checkpoint) if action == "regenerate" else None
     study = open_study(view.store, backbone, edit_with, truth, None if kind == PROCEDURAL else view.images)
-    reports = steps_of(edit_for_voxel, study, voxel, row, action, concept=concept, space=space,
-                       mask_fraction=mask_fraction, seed=seed, stop=stop)
-    while True:
-        try:
-            report = next(reports)
-        except StopIteration as end:
-            edit = end.value
-            break
-        yield (EDITING, *report) if report else (EDITING, -1, -1)
+    edit = yield from staged(EDITING, steps_of(edit_for_voxel, study, voxel, row, action, concept=concept,
+                                               space=space, mask_fraction=mask_fraction, seed=seed, stop=stop))
     delta = edit.brain_delta
     volume = np.full(view.mask.shape, np.nan, dtype=np.float32)
     volume[view.mask] = delta
@@ -152,8 +143,11 @@ def edit_steps(store: str, voxel: int, row: int, action: str, concept: str, gene
 
 
 # ---- the widget ---------------------------------------------------------------------------------------
-class CounterfactualEditor(QWidget):
+class CounterfactualEditor(StagedJobs, QWidget):
     """Dock widget: edit the current image for the selected voxel; the edit and the Δ map become layers."""
+
+    FAILED = "Failed (see the notification); nothing was added."
+    CANCELLED = "Cancelled; nothing was added."
 
     #: Emitted on the main thread when an edit job has ended: "done", "cancelled" or "failed".
     job_finished = Signal(str)
@@ -163,10 +157,6 @@ class CounterfactualEditor(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.worker = None
-        self._outcome = ""
-        self._progress = None
-        self._stop: threading.Event | None = None
         self._target: tuple | None = None  # (store, voxel, row) under the slider now
         self._choices_for: tuple | None = None  # (store, voxel) whose concepts are listed or being computed
         self._build()
@@ -223,20 +213,7 @@ class CounterfactualEditor(QWidget):
         generator_form.addRow("denoising steps", self.steps)
         layout.addWidget(generator_box)
 
-        buttons = QHBoxLayout()
-        self.run_button = QPushButton("Edit")
-        self.run_button.clicked.connect(self.run)
-        buttons.addWidget(self.run_button)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        buttons.addWidget(self.cancel_button)
-        layout.addLayout(buttons)
-        self.bar = QProgressBar()
-        layout.addWidget(self.bar)
-        self.stage = QLabel("")
-        self.stage.setWordWrap(True)
-        layout.addWidget(self.stage)
+        self.add_job_controls(layout, "Edit")
 
         result_box = QGroupBox("Result")
         result_layout = QVBoxLayout(result_box)
@@ -315,9 +292,6 @@ class CounterfactualEditor(QWidget):
     # ---- the edit job ----------------------------------------------------------------------------
     def run(self):
         """Start an edit of the current image for the selected voxel; returns the worker (None without one)."""
-        from napari.qt.threading import create_worker
-        from napari.utils import cancelable_progress
-
         self._refresh_target()
         if self._target is None or self.worker is not None:
             return None
@@ -326,55 +300,13 @@ class CounterfactualEditor(QWidget):
         meta = mine_meta(brain_layer(self.viewer, store) or self._voxel_layer(store))
         generator = (self.generator.currentText(), self.model.text(), self.steps.value())
         fraction = self.region.value() / 100 if action in MASK_FRACTION else None
-        self._stop = threading.Event()
-        self.worker = create_worker(guarded_generator, edit_steps, store, voxel, row, action,
-                                    self.concept.currentText(), generator, self.seed.value(), fraction,
-                                    meta.get("vocabulary"), meta.get("checkpoint"), self._stop, _start_thread=False)
-        self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(self._on_done)
-        self.worker.aborted.connect(self._stop.set)
-        self.worker.finished.connect(self._on_finished)
-        self._progress = cancelable_progress(total=0, desc=f"napari-mine edit: image #{row}, voxel {voxel}")
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.stage.setText("Starting…")
-        self._outcome = "cancelled"
-        self.worker.start()
-        return self.worker
+        return self.start_job(f"napari-mine edit: image #{row}, voxel {voxel}", edit_steps, store, voxel, row,
+                              action, self.concept.currentText(), generator, self.seed.value(), fraction,
+                              meta.get("vocabulary"), meta.get("checkpoint"))
 
-    def cancel(self) -> None:
-        """Stop the edit: the generator stops at its next step or image, and nothing is shown."""
-        if self.worker is not None:
-            self.stage.setText("Cancelling…")
-            self._stop.set()
-            self.worker.quit()
-
-    def _on_progress(self, report) -> None:
-        stage, done, total = report
-        if self._progress is not None and self._progress.is_canceled:
-            self.cancel()
-            return
-        if done < 0:
-            return
-        self.stage.setText(stage)
-        self.bar.setRange(0, max(total, 0))
-        self.bar.setValue(done)
-        if self._progress is not None:
-            self._progress.set_description(stage)
-            if self._progress.total != total:
-                self._progress.total = total
-            self._progress.update(done - self._progress.n)
-
-    def _on_done(self, value) -> None:
-        if report_failure(value):
-            self._outcome = "failed"
-            self.stage.setText("Failed (see the notification); nothing was added.")
-            return
-        self._outcome = "done"
+    def _show_result(self, value) -> None:
         store, edit, volume, limit, rank = value
         self.stage.setText("Done.")
-        self.bar.setRange(0, 1)
-        self.bar.setValue(1)
         what = {"remove": "removed the feature under the high-attribution region",
                 "insert": f"inserted “{edit.text}”",
                 "regenerate": f"regenerated from “{edit.text}”"}[edit.action]
@@ -390,16 +322,8 @@ class CounterfactualEditor(QWidget):
             f"Every voxel's Δ is on the layer “{delta_name}” (blue: lower, red: higher, ±{limit:.3f}); this "
             f"voxel's |Δ| ranks {rank} of {edit.brain_delta.size}. The edit is the layer “{edited_name}”.")
 
-    def _on_finished(self) -> None:
-        if self._outcome == "cancelled":  # the worker returns nothing once asked to quit, aborted or not
-            self.stage.setText("Cancelled; nothing was added.")
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        self.worker = None
-        self.cancel_button.setEnabled(False)
+    def _after_job(self) -> None:
         self._refresh_target()
-        self.job_finished.emit(self._outcome)
 
     # ---- layers --------------------------------------------------------------------------------------
     def _show_edit(self, store: str, edit) -> str:
