@@ -369,6 +369,55 @@ def test_opening_a_missing_folder_reports_an_error(make_napari_viewer, tmp_path,
     assert len(viewer.layers) == 0
 
 
+def test_an_older_results_format_is_named_and_the_viewer_keeps_working(make_napari_viewer, fitted_store, tmp_path,
+                                                                        qtbot):
+    import json
+    import shutil
+
+    from napari.utils.notifications import notification_manager
+
+    old = tmp_path / "old-results"
+    shutil.copytree(fitted_store, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["version"] = 0
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    viewer = make_napari_viewer()
+    widget = dock(viewer, "Data and model")
+    for folder, outcome in ((old, ""), (fitted_store, str(fitted_store))):
+        widget.folder.setText(str(folder))
+        with qtbot.waitSignal(widget.opened, timeout=TIMEOUT_MS) as blocker:
+            widget.open()
+        assert blocker.args == [outcome]
+        if not outcome:
+            assert "results format 0" in str(notification_manager.records[-1].message)
+            assert len(viewer.layers) == 0
+    assert layer_of(viewer, "accuracy") is not None
+
+
+def test_a_results_folder_of_another_model_is_refused(make_napari_viewer, tiny_world, fitted_store, tmp_path, qtbot):
+    import json
+    import shutil
+
+    from napari.utils.notifications import notification_manager
+
+    other = tmp_path / "other-model"
+    shutil.copytree(fitted_store, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["model"]["id"] = "ViT-B-16:laion2b_s34b_b88k:sha256:0"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    before = (other / "manifest.json").read_text()
+    viewer = make_napari_viewer()
+    widget = dock(viewer, "Data and model")
+    widget.source.setCurrentText("NSD folder")
+    widget.folder.setText(str(tiny_world))
+    widget.results.setText(str(other))
+    with qtbot.waitSignal(widget.opened, timeout=TIMEOUT_MS) as blocker:
+        widget.open()
+    assert blocker.args == [""]
+    assert "already holds results of model 'ViT-B-16" in str(notification_manager.records[-1].message)
+    assert (other / "manifest.json").read_text() == before and len(viewer.layers) == 0
+
+
 # ---- counterfactual editor ------------------------------------------------------------------------------
 def select_voxel_and_top_image(viewer, fitted_store, qtbot):
     """Click a well-predicted face voxel and move the stimulus slider to its best image (the editor's target)."""
