@@ -164,6 +164,25 @@ def test_procedural_insert_places_the_concept_on_the_mask():
         generator.insert([0], mask, "unicorn")
 
 
+def test_procedural_scenes_hold_the_size_colour_and_position_a_phrase_names():
+    generator = ProceduralGenerator(size=64)
+    for text in ("a large red face on the left", "a small blue car on the right", "a large green word in the centre"):
+        scenes = generator.scenes_from_descriptions([text] * 20, seed=2)
+        assert {S.caption(scene) for scene in scenes} == {text}
+    scene = S.Scene((S.SceneObject("house", "blue", 0.25, 0.5, 0.3),), "outdoor", 2)
+    small_mask, large_mask = np.zeros((2, 64, 64), np.float32)
+    small_mask[30:42, 40:52] = 1
+    large_mask[4:60, 4:60] = 1
+    fitted = [generator.scenes_with([scene], mask, ["red face"])[0].objects[-1].size
+              for mask in (small_mask, large_mask)]
+    assert S.size_word(fitted[0]) == "small" and S.size_word(fitted[1]) == "large", "the masks alone disagree"
+    large = generator.scenes_with([scene], small_mask, ["large red face"])[0].objects[-1]
+    small = generator.scenes_with([scene], large_mask, ["small red face"])[0].objects[-1]
+    assert (S.size_word(large.size), S.size_word(small.size)) == ("large", "small")
+    assert (large.category, large.color, small.color) == ("face", "red", "red")
+    assert generator.scenes_with([scene], small_mask, ["small face"])[0].objects[-1].size == fitted[0]
+
+
 def test_procedural_progress_and_cancellation():
     generator = ProceduralGenerator(size=32)
     reports = []

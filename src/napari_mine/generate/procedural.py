@@ -11,7 +11,9 @@ mask), and an inserted object is fitted into the box of the mask's core.
 
 Descriptions use the captions' vocabulary: phrases ``"[a] [small|large] [colour] category [on the left |
 on the right | in the centre]"`` joined by "and" or commas (``"an empty scene"`` has no objects);
-attributes a phrase leaves out are drawn from the seed.
+attributes a phrase leaves out are drawn from the seed. Every attribute a phrase names holds in the scene's
+caption, so the true brain sees what the description says (size words included: the world's voxels can
+prefer large or small objects).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ POSITIONS = {"left": "left", "right": "right", "centre": "centre", "center": "ce
 FILLER_WORDS = {"a", "an", "the", "on", "in"}
 PHOTO_PREFIX = re.compile(r"^\s*(a\s+)?photo\s+of\s+")
 PLACEMENT_TRIES = 30
+SIZE_WORD_RANGES = {"small": (S.SIZE_RANGE[0], S.LARGE_SIZE), "large": (S.LARGE_SIZE, S.SIZE_RANGE[1])}
 GRAMMAR = ("[small|large] [colour] category [on the left|on the right|in the centre] phrases joined by 'and' "
            f"(categories: {', '.join(S.CATEGORIES)}; colours: {', '.join(S.COLORS)})")
 
@@ -102,9 +105,12 @@ class ProceduralGenerator(Generator):
     def scenes_with(self, images, masks, concepts, seed: int = 0) -> list[S.Scene]:
         """Each scene with a new object of its concept centred on the mask and as large as the mask's extent.
 
-        A concept is a category, optionally with a colour (``"face"``, ``"red face"``, ``"a photo of a
+        A concept is a phrase of the description grammar (``"face"``, ``"large red face"``, ``"a photo of a
         face"``). The object is centred on the mask's centroid and made as large as fits inside the box of
-        the mask's core, so it stays (nearly) within the mask; an unspecified colour comes from the seed.
+        the mask's core, so it stays (nearly) within the mask — unless a size word asks otherwise: a "large"
+        object grows to the caption's large size, a "small" one shrinks below it, so the inserted object is
+        what its phrase says. The mask decides where the object goes (a position word is not used); an
+        unspecified colour comes from the seed.
         """
         scenes = [self.scene(image) for image in _as_list(images)]
         masks = checked_masks(masks, len(scenes), self.image_size)
@@ -113,7 +119,7 @@ class ProceduralGenerator(Generator):
         for i, (scene, mask, concept) in enumerate(zip(scenes, masks, concepts)):
             wanted = parse_phrase(PHOTO_PREFIX.sub("", concept.lower()), concept)
             color = wanted["color"] or _draw_color(np.random.default_rng([int(seed), i]))
-            x, y, size = _placement_of(mask, wanted["category"])
+            x, y, size = _placement_of(mask, wanted["category"], wanted["size"])
             edited.append(S.insert_object(scene, S.SceneObject(wanted["category"], color, x, y, size)))
         return edited
 
@@ -198,9 +204,7 @@ def parse_phrase(phrase: str, text: str) -> dict:
 
 def _sample_object(wanted: dict, placed: list[S.SceneObject], rng: np.random.Generator) -> S.SceneObject:
     """An object with the named attributes, the rest drawn, placed away from the others where it can be."""
-    low, high = S.SIZE_RANGE
-    size_range = {"small": (low, S.LARGE_SIZE), "large": (S.LARGE_SIZE, high), None: (low, high)}[wanted["size"]]
-    size = float(rng.uniform(*size_range))
+    size = float(rng.uniform(*SIZE_WORD_RANGES.get(wanted["size"], S.SIZE_RANGE)))
     color = wanted["color"] or _draw_color(rng)
     for _ in range(PLACEMENT_TRIES):
         x, y = _draw_position(rng, size, wanted["position"])
@@ -234,9 +238,10 @@ def _object_under(scene: S.Scene, mask: np.ndarray, index: int, size: int) -> in
     raise MineInputError(f"Mask {index} overlaps no visible object of its scene; draw the mask over an object.")
 
 
-def _placement_of(mask: np.ndarray, category: str) -> tuple[float, float, float]:
+def _placement_of(mask: np.ndarray, category: str, size_word: str | None = None) -> tuple[float, float, float]:
     """Centre and size (image fractions) of the largest ``category`` object centred on the mask's centroid
-    whose bounding box stays inside the box of the mask's core (values >= 0.5, or > 0 for a faint mask)."""
+    whose bounding box stays inside the box of the mask's core (values >= 0.5, or > 0 for a faint mask);
+    a ``size_word`` moves the size into the caption's range for that word."""
     height, width = mask.shape
     weights = mask / mask.sum()
     cy = float((weights.sum(1) * (np.arange(height) + 0.5)).sum())
@@ -246,6 +251,10 @@ def _placement_of(mask: np.ndarray, category: str) -> tuple[float, float, float]
     room_x = 2 * min(cx - cols.min(), cols.max() + 1 - cx)
     span_y, span_x, shift_y, shift_x = _box_per_size(category)
     size = float(np.clip(min(room_y / span_y, room_x / span_x) / width, 1.0 / width, 1.0))
+    if size_word == "large":
+        size = max(size, S.LARGE_SIZE)
+    elif size_word == "small":
+        size = min(size, float(np.nextafter(S.LARGE_SIZE, 0.0)))
     x = float(np.clip(cx / width - shift_x * size, 0.0, 1.0))
     y = float(np.clip(cy / height - shift_y * size, 0.0, 1.0))
     return x, y, size
