@@ -186,6 +186,23 @@ def test_synthetic_vocabulary_gives_a_caption_style_text():
     assert description.concepts[0] == "face"
 
 
+def test_the_position_word_says_where_the_region_lies_not_what_the_readout_says():
+    """The region's contribution reads out "on the left", but its patches lie in the right column."""
+    space, rng = random_space(seed=3, dim=64, vocabulary=synthetic_vocabulary()), np.random.default_rng(3)
+    index = space.vocabulary.concepts.index
+    region = sum(space.embeddings[index(c)] for c in ("face", "red", "large", "on the left"))
+    right_column = [4, 8, 12, 16]  # tokens of patches (row, 3) on the 4 × 4 grid
+    description = D.describe_image(image_with_region(space, region, right_column, rng), space.embeddings[index("face")],
+                                   space)
+    assert description.text == "large red face on the right"
+    assert D.region_x(description.attribution, description.region) > 0.75
+    attribution = np.zeros(1 + N_PATCHES)
+    attribution[[1, 2]] = [3.0, 1.0]  # columns 0 and 1: centres 0.125 and 0.375
+    assert D.region_x(attribution, attribution > 0) == pytest.approx((3 * 0.125 + 0.375) / 4)
+    with pytest.raises(MineInputError, match="square grid"):
+        D.region_x(np.ones(16), np.ones(16, bool))
+
+
 def test_no_positive_attribution_gives_an_empty_description():
     space, rng = random_space(), np.random.default_rng(4)
     tokens = image_with_region(space, space.embeddings[3], [2], rng, noise=0.0)

@@ -16,6 +16,8 @@ For an image's token contributions ``C`` (T, D) and a voxel's effective weights 
   categories; an ungrouped vocabulary is one group). A concept scores only when it is both present in the
   region and drives the voxel; z-scoring makes both factors unit-free, so the score does not depend on the
   gain of ``w̃`` or on how far the region vector is from the origin.
+* **Text.** A caption-style phrase for a grouped vocabulary; its position word says where the region lies
+  (the attribution-weighted centre of its patches), which the exact map knows better than a text readout.
 * **Profile.** A voxel's profile is the mean of its per-image scores over its top-k images (by predicted
   response), weighted by each region's attribution mass. Since drive does not depend on the image, this is
   ``max(drive, 0)`` times the mass-weighted mean of ``max(presence, 0)``: the voxel's text-space tuning kept
@@ -46,6 +48,7 @@ N_PREFIX_TOKENS = 1  # the class token: a source token, but not a place in the i
 TEXT_CONCEPTS = 3
 HEAD_GROUP = "category"
 PHRASE_ORDER = ("size", "color", HEAD_GROUP, "position")  # the synthetic world's caption grammar
+POSITION_GROUP = "position"
 VOXEL_CHUNK = 64
 STORE_VOXEL_BLOCK = 2048
 DEFAULT_K_RANGE = (2, 6)
@@ -151,8 +154,9 @@ class Description:
     scores : float32 (n,)
         Their scores (see the module docstring).
     text : str
-        A short phrase: "large red face on the left" for grouped (synthetic) vocabularies, the top concepts
-        joined by commas otherwise; empty when no patch has positive attribution.
+        A short phrase: "large red face on the left" for grouped (synthetic) vocabularies, its position word
+        from where the region lies (:func:`region_x`), the top concepts joined by commas otherwise; empty
+        when no patch has positive attribution.
     region : bool (T,)
         Tokens of the high-attribution region.
     attribution : float32 (T,)
@@ -206,17 +210,35 @@ def describe_image(tokens: np.ndarray, weight: np.ndarray, space: ConceptSpace, 
     presence = concept_presence(vector, space.directions, space.group_columns)
     scores = concept_scores(presence, concept_drive(weight, space.directions, space.group_columns))
     top = rank_concepts(scores, presence)[:n_concepts]
-    return Description(tuple(space.vocabulary.concepts[i] for i in top), scores[top].astype(np.float32),
-                       description_text(scores, presence, space.vocabulary), region, attribution, vector,
-                       region_mass)
+    x = region_x(attribution, region, n_prefix_tokens) if POSITION_GROUP in space.vocabulary.groups else None
+    text = description_text(scores, presence, space.vocabulary, x)
+    return Description(tuple(space.vocabulary.concepts[i] for i in top), scores[top].astype(np.float32), text,
+                       region, attribution, vector, region_mass)
 
 
-def description_text(scores: np.ndarray, presence: np.ndarray, vocabulary: Vocabulary) -> str:
+def region_x(attribution: np.ndarray, region: np.ndarray, n_prefix_tokens: int = N_PREFIX_TOKENS) -> float:
+    """Horizontal centre of a region (image fraction, 0 = left edge): the mean column of its patches, weighted
+    by their positive attribution (patches follow the prefix tokens row-major on a square grid)."""
+    weights = np.where(region, np.maximum(attribution, 0), 0)[n_prefix_tokens:]
+    side = int(round(np.sqrt(len(weights))))
+    if side * side != len(weights):
+        raise MineInputError(f"{len(weights)} patch tokens do not form a square grid; give n_prefix_tokens so "
+                             "that the rest are the g × g patches.")
+    columns = weights.reshape(side, side).sum(axis=0)
+    if columns.sum() <= 0:
+        raise MineInputError("The region has no positive attribution, so it has no place in the image.")
+    return float(columns @ ((np.arange(side) + 0.5) / side) / columns.sum())
+
+
+def description_text(scores: np.ndarray, presence: np.ndarray, vocabulary: Vocabulary,
+                     x: float | None = None) -> str:
     """Short phrase for the top concepts.
 
     A vocabulary with a ``"category"`` group gets a caption-style phrase: the best-scoring category,
     qualified by the attribute of each other group most present in the region (where one is present above
-    the vocabulary's average). Any other vocabulary gets its top concepts joined by commas.
+    the vocabulary's average). With the region's horizontal centre ``x`` (:func:`region_x`) the position
+    word is the world's phrase for that place instead. Any other vocabulary gets its top concepts joined by
+    commas.
     """
     ranking = rank_concepts(scores, presence)
     groups = np.asarray(vocabulary.groups)
@@ -227,6 +249,10 @@ def description_text(scores: np.ndarray, presence: np.ndarray, vocabulary: Vocab
         members = np.flatnonzero(groups == group)
         if group == HEAD_GROUP:
             words.append(vocabulary.concepts[ranking[np.isin(ranking, members)][0]])
+        elif group == POSITION_GROUP and members.size and x is not None:
+            from napari_mine.synthetic.scenes import position_phrase
+
+            words.append(position_phrase(x))
         elif members.size and presence[members].max() > 0:
             words.append(vocabulary.concepts[members[np.argmax(presence[members])]])
     return " ".join(words)
