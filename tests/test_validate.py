@@ -174,6 +174,35 @@ def test_insertion_puts_the_feature_into_the_voxels_low_response_images(world, p
     assert deltas.shape == (n,) and result["summary"]["true"]["value"] == pytest.approx(np.mean(deltas > 0))
 
 
+# ----------------------------------------------------------------------------------------------- statistics
+
+
+def test_bootstraps_draw_whole_voxels_and_the_within_voxel_correlation_ignores_voxel_levels():
+    voxels = np.repeat([10, 20, 30, 40], 2)
+    unbalanced = V._bootstrap(lambda i: np.ptp(np.bincount(i, minlength=8).reshape(4, 2), axis=1).max(), voxels,
+                              50, SEED)
+    assert np.all(unbalanced == 0), "a drawn voxel brings both its pairs"
+    rng = np.random.default_rng(SEED)
+    original = rng.normal(size=8) + np.repeat([0.0, 3.0, 6.0, 9.0], 2)
+    mine = original + np.repeat([9.0, 3.0, -3.0, -9.0], 2)  # each voxel's images kept apart, levels reversed
+    summary = V._sufficiency_summary(original, {"mine": mine, "random": original + 20}, voxels, N_BOOT, SEED)
+    assert summary["mine"]["correlation_within_voxel"] == pytest.approx(1.0)
+    assert summary["mine"]["correlation"] < 0.5
+    assert summary["random"]["p_mae"] == pytest.approx(1 / 16), "signed-rank test on 4 voxel means, not 8 pairs"
+
+
+def test_the_low_attribution_control_names_where_its_region_lies():
+    from napari_mine.vocabulary import ConceptSpace, synthetic_vocabulary
+
+    vocabulary = synthetic_vocabulary()
+    space = ConceptSpace.from_embeddings(vocabulary, np.random.default_rng(SEED).normal(size=(len(vocabulary), 32)))
+    weight = space.embeddings[vocabulary.concepts.index("face")]
+    tokens = np.zeros((17, 32), np.float32)
+    tokens[[1, 5, 9, 13]] = weight  # left column: high attribution
+    tokens[[4, 8, 12, 16]] = -weight  # right column: the lowest
+    assert V.low_attribution_text(tokens, weight, space, n_patches=4).endswith("on the right")
+
+
 # ----------------------------------------------------------------------------------------------- the whole run
 
 

@@ -165,7 +165,7 @@ def cmd_profile(args) -> None:
 
 def cmd_validate(args) -> None:
     from napari_mine.store import ResultsStore
-    from napari_mine.validate import run_validation
+    from napari_mine.validate import N_VOXELS, run_validation
 
     store = ResultsStore.open(args.results)
     backbone = _backbone_for(store, args.checkpoint)
@@ -185,8 +185,9 @@ def cmd_validate(args) -> None:
                                  "local folder saved with save_pretrained.")
         generator = DiffusionGenerator.load(args.model, edit_model=args.edit_model, steps=args.steps)
         images = _dataset_from_store(store).images
-    summary = run_validation(store, backbone, generator, truth, images=images, n_voxels=args.voxels,
-                             seed=args.seed, on_progress=_progress("experiments"))
+    n_voxels = N_VOXELS if args.voxels is None else args.voxels
+    summary = run_validation(store, backbone, generator, truth, images=images, n_voxels=n_voxels, seed=args.seed,
+                             on_progress=_progress("experiments"))
     for name in ("removal_sign_accuracy", "insertion_sign_accuracy", "profile_vs_image_insertion_delta_ratio"):
         print(f"{name}: {summary.get(name)}")
     print(f"validation written to {store.root / 'summary.json'} and {store.root / 'figures'}")
@@ -269,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--model", default=None, help="diffusers text-to-image model id or local folder")
     validate.add_argument("--edit-model", default=None, help="diffusers inpainting model id or local folder")
     validate.add_argument("--steps", type=int, default=25)
-    validate.add_argument("--voxels", type=int, default=32, help="voxels sampled from the category ROIs")
+    validate.add_argument("--voxels", type=int, default=None,
+                          help="voxels sampled from the category ROIs, 2 top images each (default 128)")
     validate.add_argument("--seed", type=int, default=0)
     validate.add_argument("--checkpoint", default=None)
     validate.set_defaults(run=cmd_validate)

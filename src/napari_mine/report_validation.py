@@ -180,8 +180,9 @@ def validation_html(validation: dict, root=None) -> str:
     if not validation.get("complete", False):
         parts.append("<p><b>Incomplete:</b> the validation run stopped before its last experiment.</p>")
     parts.append(f"<p>{validation.get('n_pairs', 0)} (voxel, image) pairs from the top images of category voxels; "
-                 "95 % bootstrap intervals in brackets; p-values test MINE against each control (Wilcoxon "
-                 "signed-rank on per-pair absolute errors, paired bootstrap on the correlation).</p>")
+                 "95 % bootstrap intervals (resampling voxels) in brackets; p-values test MINE against each "
+                 "control (Wilcoxon signed-rank on per-voxel mean absolute errors, paired voxel bootstrap on the "
+                 "correlation). r within voxels: responses centred on each voxel's pairs.</p>")
     for kind in kinds:
         parts.append(_sufficiency_table(validation["sufficiency"][kind], kind))
     parts.append(_edit_table(validation, kinds))
@@ -195,11 +196,12 @@ def validation_html(validation: dict, root=None) -> str:
 
 
 def _sufficiency_table(entries: dict, kind: str) -> str:
-    head = ("<tr><th>generated from</th><th>r (original vs generated)</th><th>MAE</th>"
+    head = ("<tr><th>generated from</th><th>r (original vs generated)</th><th>r within voxels</th><th>MAE</th>"
             "<th>p (MAE)</th><th>p (r)</th></tr>")
     rows = "".join(
         f"<tr><td>{html.escape(CONDITION_NAMES.get(name, name))}</td>"
         f"<td>{_with_ci(entry.get('correlation'), entry.get('correlation_ci'))}</td>"
+        f"<td>{_with_ci(entry.get('correlation_within_voxel'), entry.get('correlation_within_voxel_ci'))}</td>"
         f"<td>{_with_ci(entry.get('mae'), entry.get('mae_ci'))}</td>"
         f"<td>{_p(entry.get('p_mae'))}</td><td>{_p(entry.get('p_correlation'))}</td></tr>"
         for name, entry in entries.items())
