@@ -81,7 +81,7 @@ def edit_for_voxel(study, voxel: int, row: int, action: str, *, concept: str | N
     from napari_mine.attribution import patch_attribution, to_patch_grid
     from napari_mine.describe import describe_image
     from napari_mine.generate.base import image_seeds, stop_if_asked
-    from napari_mine.validate import _attribution_masks, _checked_space, _edit_scene
+    from napari_mine.validate import attribution_masks, checked_space, edit_scene
 
     if action not in ACTIONS:
         raise MineInputError(f"Unknown edit {action!r}; use one of {', '.join(ACTIONS)}.")
@@ -98,7 +98,7 @@ def edit_for_voxel(study, voxel: int, row: int, action: str, *, concept: str | N
     subject = study.scenes([row])[0] if study.scene_based else original
     mask, scene = None, None
     if action == "regenerate":
-        text = describe_image(tokens, weight, _checked_space(study, space)).text
+        text = describe_image(tokens, weight, checked_space(study, space)).text
         if not text:
             raise MineInputError(f"No patch of image {row} raises voxel {voxel}'s response, so there is no "
                                  "description to regenerate from; choose one of the voxel's top images.")
@@ -109,10 +109,10 @@ def edit_for_voxel(study, voxel: int, row: int, action: str, *, concept: str | N
     else:
         fraction = MASK_FRACTION[action] if mask_fraction is None else mask_fraction
         grid = to_patch_grid(patch_attribution(tokens, weight))
-        mask = _attribution_masks(study, grid[None], fraction, 0, 0)[0]
+        mask = attribution_masks(study, grid[None], fraction, 0, 0)[0]
         image_seed = image_seeds(seed, 1)[0]
         if study.scene_based:
-            scene = _edit_scene(generator, action, subject, mask, text, image_seed)
+            scene = edit_scene(generator, action, subject, mask, text, image_seed)
         elif action == "remove":
             edited = generator.remove(original[None], mask[None], seed=image_seed, on_progress=on_progress,
                                       should_stop=should_stop)[0]

@@ -339,7 +339,9 @@ def default_space(backbone, generator):
     return concept_space(vocabulary, backbone)
 
 
-def _checked_space(study: Study, space):
+def checked_space(study: Study, space):
+    """The concept space descriptions are read in (default: the generator's), refused if it belongs to another
+    model than the store's or names what the procedural generator cannot draw."""
     from napari_mine.describe import HEAD_GROUP
 
     space = default_space(study.backbone, study.generator) if space is None else space
@@ -388,7 +390,7 @@ def sufficiency(store, backbone, generator, truth=None, *, space=None, pairs=Non
     from napari_mine.describe import describe_image
 
     study = open_study(store, backbone, generator, truth, images)
-    space = _checked_space(study, space)
+    space = checked_space(study, space)
     pairs = sample_pairs(store, seed=seed, **sampling) if pairs is None else _checked_pairs(pairs)
     rng = np.random.default_rng([int(seed), 21])
     tokens = study.tokens(pairs["row"])
@@ -452,7 +454,7 @@ def removal(store, backbone, generator, truth=None, *, pairs=None, images=None, 
     tokens = study.tokens(pairs["row"])
     record = _pair_record(study, pairs, tokens)
     if masks is None:
-        masks = _attribution_masks(study, record["attribution"], mask_fraction, dilate_px, feather_px)
+        masks = attribution_masks(study, record["attribution"], mask_fraction, dilate_px, feather_px)
     elif np.shape(masks)[0] != len(pairs["row"]):
         raise MineInputError(f"Got {np.shape(masks)[0]} masks for {len(pairs['row'])} pairs; give one mask per pair.")
     subjects = study.scenes(pairs["row"]) if study.scene_based else record["original"]
@@ -500,7 +502,7 @@ def insertion(store, backbone, generator, truth=None, *, space=None, concept_sou
     if not 0.0 < low_fraction < 1.0:
         raise MineInputError(f"low_fraction must lie in (0, 1), got {low_fraction}; e.g. 0.2 for the lowest 20 %.")
     study = open_study(store, backbone, generator, truth, images)
-    space = _checked_space(study, space)
+    space = checked_space(study, space)
     pairs = sample_pairs(store, seed=seed, **sampling) if pairs is None else _checked_pairs(pairs)
     tokens = study.tokens(pairs["row"])
     if concept_source == "image":
@@ -512,7 +514,7 @@ def insertion(store, backbone, generator, truth=None, *, space=None, concept_sou
         concepts = [phrase[int(v)] for v in pairs["voxel"]]
     target_rows = _low_response_rows(study, pairs["voxel"], low_fraction, seed)
     record = _pair_record(study, pairs, tokens)
-    masks = _attribution_masks(study, record["attribution"], mask_fraction, dilate_px, feather_px)
+    masks = attribution_masks(study, record["attribution"], mask_fraction, dilate_px, feather_px)
     target = _pair_record(study, {"voxel": pairs["voxel"], "row": target_rows}, None)
     subjects = study.scenes(target_rows) if study.scene_based else target["original"]
     edits = _edit(study, "insert", subjects, masks, concepts, seed)
@@ -572,7 +574,7 @@ def run_validation(store, backbone, generator, truth=None, *, space=None, images
     from napari_mine import report_validation
 
     study = open_study(store, backbone, generator, truth, images)
-    space = _checked_space(study, space)
+    space = checked_space(study, space)
     settings = {"n_voxels": n_voxels, "images_per_voxel": images_per_voxel, "top_k": top_k, "min_nc_r": min_nc_r,
                 "rois": list(rois), "n_boot": n_boot, "seed": seed, "generator": type(generator).__name__,
                 "vocabulary": space.vocabulary.name, "true_brain": truth is not None}
@@ -644,7 +646,7 @@ def _pair_record(study: Study, pairs: dict, tokens) -> dict:
     return record
 
 
-def _attribution_masks(study: Study, maps, fraction, dilate_px, feather_px) -> np.ndarray:
+def attribution_masks(study: Study, maps, fraction, dilate_px, feather_px) -> np.ndarray:
     """Edit masks from attribution maps, each cut to the connected part that holds the map's peak.
 
     The top pixels of a map often fall on two objects; one edit should change one feature (and an
@@ -686,7 +688,7 @@ def _edit(study: Study, action: str, subjects, masks, concepts, seed: int) -> di
             continue
         try:
             if study.scene_based:
-                scene = _edit_scene(study.generator, action, subject, masks[i], concept, seeds[i])
+                scene = edit_scene(study.generator, action, subject, masks[i], concept, seeds[i])
                 scenes.append(scene)
                 images.append(study.generator.render([scene])[0])
             else:
@@ -702,7 +704,8 @@ def _edit(study: Study, action: str, subjects, masks, concepts, seed: int) -> di
             "kept": np.asarray(kept, int), "reasons": reasons}
 
 
-def _edit_scene(generator, action: str, scene, mask, concept, seed: int):
+def edit_scene(generator, action: str, scene, mask, concept, seed: int):
+    """One synthetic-world scene with the object under ``mask`` removed, or ``concept`` inserted there."""
     if action == "remove":
         return generator.scenes_without([scene], mask[None])[0]
     return generator.scenes_with([scene], mask[None], [concept], seed)[0]
