@@ -296,7 +296,10 @@ class StagedJobs:
 
     def _on_progress(self, report) -> None:
         stage, done, total = report
-        if self._progress is not None and self._progress.is_canceled:
+        progress = self._progress  # the job may end while this runs (napari's progress handles events)
+        if progress is None:
+            return
+        if progress.is_canceled:
             self.cancel()
             return
         if done < 0:
@@ -304,11 +307,10 @@ class StagedJobs:
         self.stage.setText(stage)
         self.bar.setRange(0, max(total, 0))
         self.bar.setValue(done)
-        if self._progress is not None:
-            self._progress.set_description(stage)
-            if self._progress.total != total:
-                self._progress.total = total
-            self._progress.update(done - self._progress.n)
+        progress.set_description(stage)
+        if progress.total != total:
+            progress.total = total
+        progress.update(done - progress.n)
 
     def _on_returned(self, value) -> None:
         if report_failure(value):
