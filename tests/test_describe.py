@@ -203,6 +203,22 @@ def test_the_position_word_says_where_the_region_lies_not_what_the_readout_says(
         D.region_x(np.ones(16), np.ones(16, bool))
 
 
+def test_the_colour_word_is_the_objects_around_the_region_not_the_regions_own():
+    """A face voxel's region is the skin (faintly orange); the face's colour is its purple hair next to it, and a
+    blue car stands across the image."""
+    space, rng = random_space(seed=3, dim=64, vocabulary=synthetic_vocabulary()), np.random.default_rng(3)
+    embedding = dict(zip(space.vocabulary.concepts, space.embeddings))
+    skin, hair, car = [9, 13], [5, 6], [12, 16]  # tokens of patches (2–3, 0), (1, 0–1), (2–3, 3) on the 4 × 4 grid
+    tokens = image_with_region(space, embedding["face"] + embedding["large"] + 0.3 * embedding["orange"], skin, rng)
+    tokens[hair] += 2 * embedding["purple"]
+    tokens[car] += 2 * (embedding["blue"] + embedding["car"])
+    description = D.describe_image(tokens, embedding["face"], space)
+    assert set(np.flatnonzero(description.region)) <= set(skin)
+    assert description.text == "large purple face on the left"
+    window = D.object_window(description.attribution, description.region)
+    assert window[0] == 0 and window[hair].min() > 10 * window[car].max()
+
+
 def test_no_positive_attribution_gives_an_empty_description():
     space, rng = random_space(), np.random.default_rng(4)
     tokens = image_with_region(space, space.embeddings[3], [2], rng, noise=0.0)

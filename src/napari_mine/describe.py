@@ -18,6 +18,9 @@ For an image's token contributions ``C`` (T, D) and a voxel's effective weights 
   gain of ``w̃`` or on how far the region vector is from the origin.
 * **Text.** A caption-style phrase for a grouped vocabulary; its position word says where the region lies
   (the attribution-weighted centre of its patches), which the exact map knows better than a text readout.
+  Its colour word qualifies the *object* the region is part of, so colour presence is read in a window of the
+  world's mean object radius around the region's centre: the region is the object's most voxel-driving part,
+  which need not show its colour (a face voxel's region is the skin and eyes; the face's colour is its hair).
 * **Profile.** A voxel's profile is the mean of its per-image scores over its top-k images (by predicted
   response), weighted by each region's attribution mass. Since drive does not depend on the image, this is
   ``max(drive, 0)`` times the mass-weighted mean of ``max(presence, 0)``: the voxel's text-space tuning kept
@@ -49,6 +52,7 @@ TEXT_CONCEPTS = 3
 HEAD_GROUP = "category"
 PHRASE_ORDER = ("size", "color", HEAD_GROUP, "position")  # the synthetic world's caption grammar
 POSITION_GROUP = "position"
+OBJECT_GROUPS = ("color",)  # attributes of the whole object, read around the region rather than in it
 VOXEL_CHUNK = 64
 STORE_VOXEL_BLOCK = 2048
 DEFAULT_K_RANGE = (2, 6)
@@ -207,7 +211,7 @@ def describe_image(tokens: np.ndarray, weight: np.ndarray, space: ConceptSpace, 
     region_mass = float(attribution[region].sum())
     if not region.any():
         return Description((), np.zeros(0, np.float32), "", region, attribution, vector, 0.0)
-    presence = concept_presence(vector, space.directions, space.group_columns)
+    presence = region_presence(tokens, attribution, region, space, n_prefix_tokens)
     scores = concept_scores(presence, concept_drive(weight, space.directions, space.group_columns))
     top = rank_concepts(scores, presence)[:n_concepts]
     x = region_x(attribution, region, n_prefix_tokens) if POSITION_GROUP in space.vocabulary.groups else None
@@ -216,18 +220,59 @@ def describe_image(tokens: np.ndarray, weight: np.ndarray, space: ConceptSpace, 
                        region, attribution, vector, region_mass)
 
 
+def region_presence(tokens: np.ndarray, attribution: np.ndarray, region: np.ndarray, space: ConceptSpace,
+                    n_prefix_tokens: int = N_PREFIX_TOKENS) -> np.ndarray:
+    """Presence of each concept (K,): in the region's vector, except for the groups of ``OBJECT_GROUPS``
+    (colour), read in the :func:`object_window` around the region."""
+    presence = concept_presence(region_vector(tokens, region), space.directions, space.group_columns)
+    columns = np.flatnonzero(np.isin(space.vocabulary.groups, OBJECT_GROUPS))
+    if columns.size:
+        around = object_window(attribution, region, n_prefix_tokens) @ tokens
+        presence[columns] = concept_presence(around, space.directions, space.group_columns)[columns]
+    return presence
+
+
+def object_window(attribution: np.ndarray, region: np.ndarray, n_prefix_tokens: int = N_PREFIX_TOKENS) -> np.ndarray:
+    """Token weights (T,) of a Gaussian window around the region's centre (:func:`region_centre`), zero on the
+    prefix tokens: where the object the region belongs to lies. Its standard deviation is the synthetic
+    world's mean object radius (half the mean of ``scenes.SIZE_RANGE``), the grammar whose colour words the
+    caption-style text uses."""
+    from napari_mine.synthetic.scenes import SIZE_RANGE
+
+    y, x = region_centre(attribution, region, n_prefix_tokens)
+    side = _grid_side(len(attribution) - n_prefix_tokens)
+    centres = (np.arange(side) + 0.5) / side
+    squared = (centres[:, None] - y) ** 2 + (centres[None, :] - x) ** 2
+    window = np.zeros(len(attribution), np.float32)
+    window[n_prefix_tokens:] = np.exp(-squared / (2 * (np.mean(SIZE_RANGE) / 2) ** 2)).ravel()
+    return window
+
+
 def region_x(attribution: np.ndarray, region: np.ndarray, n_prefix_tokens: int = N_PREFIX_TOKENS) -> float:
-    """Horizontal centre of a region (image fraction, 0 = left edge): the mean column of its patches, weighted
-    by their positive attribution (patches follow the prefix tokens row-major on a square grid)."""
+    """Horizontal centre of a region (image fraction, 0 = left edge), see :func:`region_centre`."""
+    return region_centre(attribution, region, n_prefix_tokens)[1]
+
+
+def region_centre(attribution: np.ndarray, region: np.ndarray,
+                  n_prefix_tokens: int = N_PREFIX_TOKENS) -> tuple[float, float]:
+    """(row, column) centre of a region in image fractions (0 = top / left edge): the mean position of its
+    patches, weighted by their positive attribution (patches follow the prefix tokens row-major on a square
+    grid)."""
     weights = np.where(region, np.maximum(attribution, 0), 0)[n_prefix_tokens:]
-    side = int(round(np.sqrt(len(weights))))
-    if side * side != len(weights):
-        raise MineInputError(f"{len(weights)} patch tokens do not form a square grid; give n_prefix_tokens so "
-                             "that the rest are the g × g patches.")
-    columns = weights.reshape(side, side).sum(axis=0)
-    if columns.sum() <= 0:
+    side = _grid_side(len(weights))
+    grid = weights.reshape(side, side)
+    if grid.sum() <= 0:
         raise MineInputError("The region has no positive attribution, so it has no place in the image.")
-    return float(columns @ ((np.arange(side) + 0.5) / side) / columns.sum())
+    centres = (np.arange(side) + 0.5) / side
+    return float(grid.sum(axis=1) @ centres / grid.sum()), float(grid.sum(axis=0) @ centres / grid.sum())
+
+
+def _grid_side(n_patches: int) -> int:
+    side = int(round(np.sqrt(n_patches)))
+    if side * side != n_patches:
+        raise MineInputError(f"{n_patches} patch tokens do not form a square grid; give n_prefix_tokens so "
+                             "that the rest are the g × g patches.")
+    return side
 
 
 def description_text(scores: np.ndarray, presence: np.ndarray, vocabulary: Vocabulary,

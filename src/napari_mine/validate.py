@@ -295,10 +295,10 @@ def low_attribution_text(tokens, weight, space, n_patches: int, n_prefix_tokens:
     attribution = D.token_attribution(tokens, weight)
     region = np.zeros(len(tokens), bool)
     region[n_prefix_tokens + np.argsort(attribution[n_prefix_tokens:], kind="stable")[:max(n_patches, 1)]] = True
-    presence = D.concept_presence(D.region_vector(tokens, region), space.directions, space.group_columns)
+    place = np.ones(len(tokens))  # the region's patches weigh alike: where it lies, and the object around it
+    presence = D.region_presence(tokens, place, region, space, n_prefix_tokens)
     scores = D.concept_scores(presence, D.concept_drive(weight, space.directions, space.group_columns))
-    x = (D.region_x(np.ones(len(tokens)), region, n_prefix_tokens)
-         if D.POSITION_GROUP in space.vocabulary.groups else None)  # where the region lies, as MINE's text says
+    x = D.region_x(place, region, n_prefix_tokens) if D.POSITION_GROUP in space.vocabulary.groups else None
     return D.description_text(scores, presence, space.vocabulary, x)
 
 
