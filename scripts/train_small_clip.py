@@ -19,6 +19,10 @@ object's category, not only the most salient one's (a linear voxel encoder sums 
 the concept term pulled images towards size-free prompts and zero-shot size fell (0.70 → 0.61 in 500 steps).
 ``--size-weight`` scores each image against "small" and "large" (each the mean of its sized prompts over the
 categories, as the zero-shot size readout ensembles them), the scene's size words its targets.
+``--body-weight`` (1 = off) weights each image's concept terms by 1 + (w − 1) × the body's share of its targets:
+bodies, the category the voxel encoder fitted least well, count more. ``--body-face-fraction`` (0 = off)
+replaces that fraction of a batch's independent scenes by scenes of a body next to a face, captioned in full
+(both named): hard negatives for the two categories the voxel profiles confused most.
 
 Run from the repository root (progress goes to the log file, not the terminal):
 
@@ -87,6 +91,8 @@ class TrainSettings:
     concept_weight: float = 0.0
     sized_concept_weight: float = 0.0
     size_weight: float = 0.0
+    body_weight: float = 1.0
+    body_face_fraction: float = 0.0
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -180,7 +186,7 @@ def concept_targets(scenes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def training_batch(rng: np.random.Generator, batch_size: int, preprocess_cfg: dict, tokenizer,
-                   with_concepts: bool = False):
+                   with_concepts: bool = False, body_face_fraction: float = 0.0):
     """Fresh scenes → (preprocessed images (B,3,S,S), tokens (B,L), caption group ids (B,), concept targets
     (plain, sized; see ``concept_targets``) or None).
 
@@ -199,10 +205,16 @@ def training_batch(rng: np.random.Generator, batch_size: int, preprocess_cfg: di
         scenes += [scene, twin]
         texts += [training_caption(member, np.random.default_rng(phrasing_seed), always=changed)
                   for member in (scene, twin)]
-    for _ in range(batch_size - 2 * n_pairs):
+    n_single = batch_size - 2 * n_pairs
+    n_body_face = int(round(n_single * body_face_fraction))
+    for _ in range(n_single - n_body_face):
         scene = sample_training_scene(rng)
         scenes.append(scene)
         texts.append(training_caption(scene, rng))
+    for _ in range(n_body_face):  # a body next to a face, both named: hard negatives for the two
+        scene = S.sample_scene(rng, n_objects=2, categories=("body", "face"))
+        scenes.append(scene)
+        texts.append(f"a photo of {S.caption(scene)}" if rng.random() < PHOTO_PREFIX_PROB else S.caption(scene))
     images = preprocess_images(S.render_scenes(scenes), preprocess_cfg["size"], preprocess_cfg)
     _, groups = np.unique(texts, return_inverse=True)
     return images, tokenizer(texts), torch.from_numpy(groups), concept_targets(scenes) if with_concepts else None
@@ -219,11 +231,23 @@ def contrastive_loss(image_features, text_features, logit_scale, groups) -> torc
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
 
 
-def concept_loss(image_features, concept_features, logit_scale, targets) -> torch.Tensor:
+def concept_loss(image_features, concept_features, logit_scale, targets, sample_weights=None) -> torch.Tensor:
     """Cross-entropy of each image against the concept prompts, with a scene's objects as soft targets: the
-    zero-shot concept readout as a training signal, for every object of the scene."""
+    zero-shot concept readout as a training signal, for every object of the scene. ``sample_weights`` (B,), if
+    given, weight the images (a weighted mean)."""
     logits = logit_scale.exp() * F.normalize(image_features, dim=-1) @ F.normalize(concept_features, dim=-1).T
-    return F.cross_entropy(logits, targets)
+    if sample_weights is None:
+        return F.cross_entropy(logits, targets)
+    per_image = F.cross_entropy(logits, targets, reduction="none")
+    return (sample_weights * per_image).sum() / sample_weights.sum()
+
+
+def body_sample_weights(plain_targets: torch.Tensor, body_weight: float) -> torch.Tensor | None:
+    """Per-image weights of the concept terms: 1 + (body_weight − 1) × the body's share of the image's concept
+    targets (None when body_weight is 1, the plain mean)."""
+    if body_weight == 1.0:
+        return None
+    return 1.0 + (body_weight - 1.0) * plain_targets[:, S.CATEGORIES.index("body")]
 
 
 def size_loss(image_features, sized_features, logit_scale, targets) -> torch.Tensor:
@@ -291,7 +315,7 @@ def train(model, tokenizer, settings: TrainSettings, eval_sets: dict) -> dict:
             group["lr"] = learning_rate(step, settings)
         with_concepts = settings.concept_weight > 0 or settings.sized_concept_weight > 0 or settings.size_weight > 0
         images, tokens, groups, targets = training_batch(rng, settings.batch_size, preprocess_cfg, tokenizer,
-                                                         with_concepts)
+                                                         with_concepts, settings.body_face_fraction)
         if with_concepts:  # the concept prompts go through the text tower with the captions
             tokens = torch.cat([tokens, concept_tokens])
         with torch.autocast("cpu", dtype=torch.bfloat16):  # ~1.4x faster on CPUs with bf16 units
@@ -303,10 +327,11 @@ def train(model, tokenizer, settings: TrainSettings, eval_sets: dict) -> dict:
             n_plain = len(plain_prompts)
             plain_features, sized_features = text_features[n_captions:n_captions + n_plain], \
                 text_features[n_captions + n_plain:]
+            sample_weights = body_sample_weights(targets[0], settings.body_weight)
             loss = loss + settings.concept_weight * concept_loss(image_features, plain_features,
-                                                                 model.logit_scale, targets[0]) \
+                                                                 model.logit_scale, targets[0], sample_weights) \
                 + settings.sized_concept_weight * concept_loss(image_features, sized_features,
-                                                               model.logit_scale, targets[1]) \
+                                                               model.logit_scale, targets[1], sample_weights) \
                 + settings.size_weight * size_loss(image_features, sized_features, model.logit_scale, targets[2])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -458,7 +483,9 @@ def stage_record(settings: TrainSettings, result: dict) -> dict:
             "weight_decay": settings.weight_decay, "warmup_steps": settings.warmup_steps,
             "locked_text_steps": settings.locked_text_steps, "seed": settings.seed, "stage": settings.stage,
             "concept_weight": settings.concept_weight, "sized_concept_weight": settings.sized_concept_weight,
-            "size_weight": settings.size_weight, "init_from": settings.init_from,
+            "size_weight": settings.size_weight, "body_weight": settings.body_weight,
+            "body_face_fraction": settings.body_face_fraction,
+            "init_from": settings.init_from,
             "train_minutes": round(result["train_minutes"], 1), "temperature": round(result["temperature"], 1),
             "torch": torch.__version__}
 
@@ -474,6 +501,10 @@ def stage_lines(history: list[dict]) -> str:
         concept = (f"; concept term weight {run['concept_weight']} (plain prompts), "
                    f"{run.get('sized_concept_weight', 0.0)} (sized prompts), size term weight "
                    f"{run.get('size_weight', 0.0)}"
+                   + (f", bodies weighted {run['body_weight']}x in the concept terms"
+                      if run.get("body_weight", 1.0) != 1.0 else "")
+                   + (f", {run['body_face_fraction']} of the independent scenes a body next to a face"
+                      if run.get("body_face_fraction", 0.0) else "")
                    if run["concept_weight"] or run.get("sized_concept_weight") or run.get("size_weight")
                    else "; no concept term")
         command = (f"python scripts/train_small_clip.py --steps {run['steps']} --batch-size {run['batch_size']} "
@@ -483,6 +514,10 @@ def stage_lines(history: list[dict]) -> str:
             command += (f" --stage {run['stage']} --concept-weight {run['concept_weight']} --sized-concept-weight "
                         f"{run.get('sized_concept_weight', 0.0)} --size-weight {run.get('size_weight', 0.0)} "
                         f"--init-from STAGE{k - 1}")
+            if run.get("body_weight", 1.0) != 1.0:
+                command += f" --body-weight {run['body_weight']}"
+            if run.get("body_face_fraction", 0.0):
+                command += f" --body-face-fraction {run['body_face_fraction']}"
         lines.append(
             f"- Stage {k}: {start}; {run['steps']} steps of batch {run['batch_size']} "
             f"({run['steps'] * run['batch_size']:,} image–text pairs), AdamW lr {run['lr']}, {run['warmup_steps']} "
@@ -595,6 +630,12 @@ def parse_args(argv=None) -> tuple[TrainSettings, Path, Path]:
     parser.add_argument("--size-weight", type=float, default=0.0,
                         help="weight of the size term (each image against \"small\" and \"large\", each the "
                              "mean of its sized prompts over the categories)")
+    parser.add_argument("--body-weight", type=float, default=1.0,
+                        help="weight each image's concept terms by 1 + (w - 1) x the body's share of its targets "
+                             "(1 = off)")
+    parser.add_argument("--body-face-fraction", type=float, default=0.0,
+                        help="fraction of a batch's independent scenes replaced by a body next to a face, "
+                             "captioned in full (0 = off)")
     parser.add_argument("--out-dir", type=Path, default=SHIPPED_WEIGHTS.parent,
                         help="folder for mine-small.safetensors and MODEL_CARD.md (default: the package assets)")
     parser.add_argument("--log", type=Path, default=Path("train_small_clip.log"))
@@ -603,7 +644,8 @@ def parse_args(argv=None) -> tuple[TrainSettings, Path, Path]:
                              args.locked_text_steps, args.seed,
                              args.eval_every, args.n_eval, args.threads,
                              str(args.init_from) if args.init_from else None, args.stage, args.concept_weight,
-                             args.sized_concept_weight, args.size_weight)
+                             args.sized_concept_weight, args.size_weight, args.body_weight,
+                             args.body_face_fraction)
     if (args.init_from is None) != (args.stage == 0):
         parser.error("a continued run (--init-from) needs its own --stage ≥ 1, and --stage ≥ 1 needs --init-from")
     return settings, args.out_dir, args.log
