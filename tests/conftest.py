@@ -162,3 +162,29 @@ def make_nsd_subject(tmp_path):
         return write_nsd_subject(tmp_path / f"nsd{len(list(tmp_path.iterdir()))}", **options)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def fit_synthetic_world():
+    """A builder: ``build(root, n_images=)`` writes a synthetic world in the NSD layout to ``root / "world"``
+    (seed 3, 40 shared images, 120 trials per session, 2,300 voxels in nsdgeneral) and runs the real
+    pipeline on it (NSD loader → shipped mine-small → features → encoder) into ``root / "results"``.
+
+    Returns ``(dataset, backbone, store, encoder summary)``.
+    """
+
+    def build(root: Path, *, n_images: int):
+        from napari_mine.data import load_nsd
+        from napari_mine.models.backbone import load_backbone
+        from napari_mine.pipeline import compute_features, fit_encoder_step, model_record
+        from napari_mine.store import ResultsStore
+        from napari_mine.synthetic.write_nsd import write_world
+
+        write_world(root / "world", seed=3, n_images=n_images, n_shared=40, trials_per_session=120, n_general=2300)
+        dataset = load_nsd(root / "world", subject=1)
+        backbone = load_backbone("mine-small")
+        store = ResultsStore.create(root / "results", model=model_record(backbone), dataset=dataset.source)
+        compute_features(dataset, backbone, store)
+        return dataset, backbone, store, fit_encoder_step(dataset, store)
+
+    return build

@@ -11,25 +11,15 @@ import numpy as np
 import pytest
 
 from napari_mine import cli
-from napari_mine.data import load_nsd
 from napari_mine.encoding import VoxelEncoder
 from napari_mine.errors import Cancelled
-from napari_mine.models.backbone import load_backbone
 from napari_mine.pipeline import compute_features, fit_encoder_step, model_record
 from napari_mine.store import ResultsStore
-from napari_mine.synthetic.write_nsd import write_world
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    write_world(root / "world", seed=3, n_images=240, n_shared=40, trials_per_session=120, n_general=2300)
-    dataset = load_nsd(root / "world", subject=1)
-    backbone = load_backbone("mine-small")
-    store = ResultsStore.create(root / "results", model=model_record(backbone), dataset=dataset.source)
-    compute_features(dataset, backbone, store, batch_size=64)
-    summary = fit_encoder_step(dataset, store)
-    return dataset, backbone, store, summary
+def fitted(tmp_path_factory, fit_synthetic_world):
+    return fit_synthetic_world(tmp_path_factory.mktemp("pipeline"), n_images=240)
 
 
 def test_token_contributions_sum_to_features(fitted):

@@ -16,24 +16,15 @@ DIM = 16
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, fit_synthetic_world):
     import torch
 
-    from napari_mine.data import load_nsd
-    from napari_mine.models.backbone import load_backbone
-    from napari_mine.pipeline import compute_features, fit_encoder_step, model_record
-    from napari_mine.store import ResultsStore
-    from napari_mine.synthetic.write_nsd import load_truth, write_world
+    from napari_mine.synthetic.write_nsd import load_truth
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("scoring")
-    write_world(root / "world", seed=SEED, n_images=240, n_shared=40, trials_per_session=120, n_general=2300)
-    dataset = load_nsd(root / "world", subject=1)
-    backbone = load_backbone("mine-small")
-    store = ResultsStore.create(root / "results", model=model_record(backbone), dataset=dataset.source)
-    compute_features(dataset, backbone, store)
-    fit_encoder_step(dataset, store)
+    dataset, backbone, store, _ = fit_synthetic_world(root, n_images=240)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("NAPARI_MINE_CACHE", str(root / "cache"))
         yield {"dataset": dataset, "backbone": backbone, "store": store, "truth": load_truth(root / "world")}

@@ -23,25 +23,16 @@ N_BOOT = 200
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, fit_synthetic_world):
     import torch
 
-    from napari_mine.data import load_nsd
-    from napari_mine.models.backbone import load_backbone
-    from napari_mine.pipeline import compute_features, fit_encoder_step, model_record
     from napari_mine.synthetic.truth import load_truth
-    from napari_mine.synthetic.write_nsd import write_world
     from napari_mine.vocabulary import concept_space, synthetic_vocabulary
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("validate")
-    write_world(root / "world", seed=3, n_images=200, n_shared=40, trials_per_session=120, n_general=2300)
-    dataset = load_nsd(root / "world", subject=1)
-    backbone = load_backbone("mine-small")
-    store = ResultsStore.create(root / "results", model=model_record(backbone), dataset=dataset.source)
-    compute_features(dataset, backbone, store)
-    fit_encoder_step(dataset, store)
+    dataset, backbone, store, _ = fit_synthetic_world(root, n_images=200)
     store.update_summary("encoder", {"kept": True})
     yield {"root": root, "dataset": dataset, "backbone": backbone, "store": store,
            "generator": ProceduralGenerator.from_world(root / "world"), "truth": load_truth(root / "world"),

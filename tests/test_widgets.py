@@ -297,14 +297,20 @@ def test_roi_explorer_profiles_and_clusters_the_selected_voxels_roi(viewer_with_
 
 
 # ---- Data and model, Fit -------------------------------------------------------------------------------
-def open_world(viewer, world, results, qtbot):
+def open_nsd_folder(viewer, world, results, qtbot):
+    """Open ``world`` into ``results`` through Data and model; returns the dock and what ``opened`` said."""
     widget = dock(viewer, "Data and model")
     widget.source.setCurrentText("NSD folder")
     widget.folder.setText(str(world))
     widget.results.setText(str(results))
     with qtbot.waitSignal(widget.opened, timeout=TIMEOUT_MS) as blocker:
         widget.open()
-    assert blocker.args == [str(results.resolve())]
+    return widget, blocker.args
+
+
+def open_world(viewer, world, results, qtbot):
+    widget, opened = open_nsd_folder(viewer, world, results, qtbot)
+    assert opened == [str(results.resolve())]
     return widget
 
 
@@ -407,13 +413,8 @@ def test_a_results_folder_of_another_model_is_refused(make_napari_viewer, tiny_w
     (other / "manifest.json").write_text(json.dumps(manifest))
     before = (other / "manifest.json").read_text()
     viewer = make_napari_viewer()
-    widget = dock(viewer, "Data and model")
-    widget.source.setCurrentText("NSD folder")
-    widget.folder.setText(str(tiny_world))
-    widget.results.setText(str(other))
-    with qtbot.waitSignal(widget.opened, timeout=TIMEOUT_MS) as blocker:
-        widget.open()
-    assert blocker.args == [""]
+    _, opened = open_nsd_folder(viewer, tiny_world, other, qtbot)
+    assert opened == [""]
     assert "already holds results of model 'ViT-B-16" in str(notification_manager.records[-1].message)
     assert (other / "manifest.json").read_text() == before and len(viewer.layers) == 0
 

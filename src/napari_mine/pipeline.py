@@ -63,7 +63,6 @@ def compute_features(
     Returns the number of images. Rows of `features.zarr` follow `dataset.images` order.
     """
     from napari_mine.decompose import decompose_to_store
-    from napari_mine.distributed import decompose_on_cluster
 
     store.check_model(model_record(backbone)["id"])
     save_brain(dataset, store)
@@ -82,6 +81,8 @@ def compute_features(
             decompose_to_store(backbone.model, batches(), group, n_images=n_images, on_progress=on_progress,
                                should_stop=should_stop)
         else:
+            from napari_mine.distributed import decompose_on_cluster
+
             decompose_on_cluster(client, backbone, group, dataset.images, checkpoint=checkpoint,
                                  batch_size=batch_size, on_progress=on_progress, should_stop=should_stop)
         if group.attrs.get("complete") is False:
