@@ -12,7 +12,7 @@ $(BIN)/napari-mine: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e ".[testing]"
+	$(BIN)/pip install -q -e ".[all,testing]"
 	touch $@
 
 env: $(BIN)/napari-mine

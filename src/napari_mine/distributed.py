@@ -16,11 +16,12 @@ from typing import Callable
 
 import numpy as np
 
-from napari_mine.errors import MineInputError
+from napari_mine.errors import MineInputError, require_extra
 
 
 def connect(address: str):
     """A Dask client: ``"local"`` starts a cluster of this machine's cores, anything else is a scheduler address."""
+    require_extra("dask")
     from distributed import Client
 
     if address == "local":
@@ -66,17 +67,17 @@ def decompose_on_cluster(
     int
         The number of images written.
     """
+    require_extra("dask")
     from distributed import as_completed
 
     from napari_mine.decompose import create_cache_arrays, output_dim, token_count, vision_tower
-    from napari_mine.pipeline import model_record
 
     visual = vision_tower(backbone.model)
     total = len(images)
     arrays = create_cache_arrays(group, total, token_count(visual), output_dim(visual))
     group.attrs.update({"complete": False, "n_done": 0})
     spec = {"name": backbone.name, "pretrained": backbone.pretrained, "checkpoint": checkpoint,
-            "model_id": model_record(backbone)["id"]}
+            "model_id": backbone.record["id"]}
     rows = arrays["tokens"].chunks[0]
     tokens_path = _local_path(group) / "tokens"
     futures = [client.submit(_decompose_rows, spec, images, str(tokens_path), start, min(start + rows, total),
@@ -111,11 +112,10 @@ def _decompose_rows(spec: dict, images, tokens_path: str, start: int, stop: int,
     import zarr
 
     from napari_mine.decompose import decompose_images
-    from napari_mine.pipeline import model_record
 
     backbone = _worker_backbone(spec["name"], spec["pretrained"], spec["checkpoint"])
-    if model_record(backbone)["id"] != spec["model_id"]:
-        raise MineInputError(f"a Dask worker loaded {model_record(backbone)['id']!r}, not the results folder's "
+    if backbone.record["id"] != spec["model_id"]:
+        raise MineInputError(f"a Dask worker loaded {backbone.record['id']!r}, not the results folder's "
                              f"{spec['model_id']!r}; give the workers the same weights (--checkpoint on a shared path).")
     tokens = zarr.open_array(tokens_path, mode="r+")
     rest, features = [], []
