@@ -16,8 +16,9 @@ import re
 import tempfile
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -28,6 +29,29 @@ DEFAULT_TEMPLATE = "a photo of a {}"
 CACHE_ENV = "NAPARI_MINE_CACHE"
 COMMENT = "#"
 TEXT_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Phrasing:
+    """How descriptions phrase a grouped vocabulary's world; the defaults assume nothing about it.
+
+    Attributes
+    ----------
+    size_range : (float, float) or None
+        Smallest and largest object size (image fraction). With it, the words of the object groups (colour)
+        are read in a window of the mean object radius around the region; without, in the region itself.
+    position_phrase : callable (x) -> str, or None
+        The world's phrase for a horizontal centre ``x`` (image fraction, 0 = left edge). With it, the
+        position word says where the region lies; without, it is the position concept most present there.
+    """
+
+    size_range: tuple[float, float] | None = None
+    position_phrase: Callable[[float], str] | None = None
+
+    @property
+    def object_radius(self) -> float | None:
+        """Half the mean object size: the standard deviation of the object window (None without sizes)."""
+        return None if self.size_range is None else np.mean(self.size_range) / 2
 
 
 @dataclass(frozen=True)
@@ -45,12 +69,15 @@ class Vocabulary:
     groups : tuple of str
         Group of each concept (``"category"``, ``"color"``, ...) or ``""``; descriptions use groups to
         compose phrases such as "large red face on the left".
+    phrasing : Phrasing
+        The world's object sizes and position phrases, for caption-style texts (not part of ``digest``).
     """
 
     name: str
     concepts: tuple[str, ...]
     prompts: tuple[tuple[str, ...], ...]
     groups: tuple[str, ...]
+    phrasing: Phrasing = field(default_factory=Phrasing)
 
     def __post_init__(self):
         if not self.concepts:
@@ -84,7 +111,7 @@ class ConceptSpace:
         component; removing it makes a concept's similarity measure what sets it apart from its alternatives
         (red from the other colours, a face from the other categories).
     model_id : str
-        The model that made the embeddings (``pipeline.model_record(backbone)["id"]``), checked against
+        The model that made the embeddings (``backbone.record["id"]``), checked against
         a results store before the two are combined.
     group_columns : tuple of int arrays
         Concept indices of each group, in order of first appearance (one array for an ungrouped vocabulary).
@@ -145,12 +172,21 @@ def synthetic_vocabulary(attributes: bool = True) -> Vocabulary:
                 prompts.append(tuple(texts))
                 groups.append(group)
     return Vocabulary("synthetic" if attributes else "synthetic-categories", tuple(concepts), tuple(prompts),
-                      tuple(groups))
+                      tuple(groups), Phrasing(scenes.SIZE_RANGE, scenes.position_phrase))
 
 
 def general_vocabulary(template: str = DEFAULT_TEMPLATE) -> Vocabulary:
     """The shipped general visual vocabulary (faces, bodies, places, objects, text, colours, materials, ...)."""
     return vocabulary_from_concepts(read_concepts(GENERAL_VOCABULARY_FILE), "general", template)
+
+
+def vocabulary_named(name: str) -> Vocabulary:
+    """A vocabulary by the name the CLI and the docks use: "synthetic", "general" or a text file's path."""
+    if name == "synthetic":
+        return synthetic_vocabulary()
+    if name == "general":
+        return general_vocabulary()
+    return vocabulary_from_file(name)
 
 
 def vocabulary_from_file(path: str | os.PathLike, template: str = DEFAULT_TEMPLATE) -> Vocabulary:
@@ -216,7 +252,7 @@ def read_concepts(path: str | os.PathLike) -> list[str]:
 
 def concept_space(vocabulary: Vocabulary, backbone, cache_dir: str | os.PathLike | None = None) -> ConceptSpace:
     """Embed ``vocabulary`` with ``backbone`` (cached) and build its concept space."""
-    model_id = model_identity(backbone)
+    model_id = backbone.record["id"]
     embeddings = embed_vocabulary(vocabulary, backbone, cache_dir=cache_dir)
     return ConceptSpace.from_embeddings(vocabulary, embeddings, model_id)
 
@@ -237,7 +273,7 @@ def embed_vocabulary(vocabulary: Vocabulary, backbone, cache_dir: str | os.PathL
     -------
     float32 (K, D)
     """
-    model_id = model_identity(backbone)
+    model_id = backbone.record["id"]
     path = cache_path(cache_dir, model_id, vocabulary)
     cached = _read_cache(path, model_id, vocabulary)
     if cached is not None:
@@ -246,13 +282,6 @@ def embed_vocabulary(vocabulary: Vocabulary, backbone, cache_dir: str | os.PathL
                            [len(texts) for texts in vocabulary.prompts])
     _write_cache(path, embeddings, model_id, vocabulary)
     return embeddings
-
-
-def model_identity(backbone) -> str:
-    """The backbone's id as a results manifest records it (name, pretrained tag, weights checksum)."""
-    from napari_mine.pipeline import model_record
-
-    return model_record(backbone)["id"]
 
 
 def cache_path(cache_dir: str | os.PathLike | None, model_id: str, vocabulary: Vocabulary) -> Path:

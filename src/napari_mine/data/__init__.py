@@ -1,9 +1,10 @@
 """Data sources (NSD layout, generic folder) loaded into the one :class:`Dataset` type."""
 
-from napari_mine.data.dataset import Dataset, RoiVolume, dataset_from_source
+from napari_mine.data.dataset import Dataset, RoiVolume
 from napari_mine.data.generic import load_generic
 from napari_mine.data.images import ImageStore, read_image_file, to_rgb_uint8
 from napari_mine.data.nsd import NSD_ROI_LABELS, NSD_ROI_NAMES, load_nsd
+from napari_mine.data.sources import dataset_from_source
 
 __all__ = [
     "Dataset",

@@ -146,12 +146,7 @@ class Dataset:
         if roi is not None and roi not in self.rois:
             raise MineInputError(f"There is no ROI volume named {roi!r}; choose one of {sorted(self.rois)}.")
         volumes = [self.rois[roi]] if roi is not None else list(self.rois.values())
-        per_volume = [volume.names_at(self.mask).astype(object) for volume in volumes]
-        per_volume = [names for names in per_volume if len(set(names)) > 1] or per_volume
-        joined = np.full(self.n_voxels, "", dtype=object)
-        for names in per_volume:
-            joined = np.where(joined == "", names, np.where(names == "", joined, joined + "+" + names))
-        return joined.astype(str)
+        return joined_label_names([volume.names_at(self.mask) for volume in volumes], self.n_voxels)
 
     def unmask(self, values) -> np.ndarray:
         """Put per-voxel values back on the grid, NaN outside the mask.
@@ -171,42 +166,6 @@ class Dataset:
         volume = np.full(values.shape[:-1] + self.mask.shape, np.nan, dtype=dtype)
         volume[..., self.mask] = values
         return volume
-
-
-def dataset_from_source(source: dict) -> Dataset:
-    """Load a dataset again from its ``source`` record (as a results manifest keeps it).
-
-    Parameters
-    ----------
-    source : dict
-        ``Dataset.source`` of a dataset loaded by :func:`load_nsd` or :func:`load_generic`.
-
-    Returns
-    -------
-    Dataset
-        The same data, read again from the same files with the same options.
-    """
-    from napari_mine.data.generic import load_generic
-    from napari_mine.data.nsd import load_nsd
-
-    if source.get("mask") == ARRAY_MASK:
-        raise MineInputError(
-            "This dataset was loaded with a mask array, which its record cannot hold; load it again with the "
-            "loader and the same mask."
-        )
-    if source.get("format") == "nsd":
-        return load_nsd(
-            source["root"], source["subject"], mask=source["mask"], sessions=source["sessions"],
-            dtype=source["dtype"], zscore=source["zscore"], nan_policy=source["nan_policy"],
-            rois=source["rois"], glm=source["glm"],
-        )
-    if source.get("format") == "generic":
-        return load_generic(
-            responses=source["responses"], mask=source["mask"], table=source["table"], images=source["images"],
-            rois=source["rois"], anatomy=source["anatomy"], name=source["name"],
-            nan_policy=source["nan_policy"], image_size=source["image_size"],
-        )
-    raise MineInputError(f"The dataset record has format {source.get('format')!r}; expected 'nsd' or 'generic'.")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -331,3 +290,17 @@ def drop_voxels(dropped: np.ndarray, mask: np.ndarray) -> np.ndarray:
     kept = np.zeros(mask.shape, dtype=bool)
     kept.flat[np.flatnonzero(mask)[~dropped]] = True
     return kept
+
+
+def joined_label_names(per_volume, n_targets: int) -> np.ndarray:
+    """One label name per target from several ROI volumes' names (each (n_targets,), "" unlabelled).
+
+    Volumes that give every target the same name (such as the mask's own ``nsdgeneral``) are left out
+    unless no other is left; a target in several gets the names joined by ``"+"`` (e.g. ``V1v+FFA-1``).
+    """
+    per_volume = [np.asarray(names).astype(object) for names in per_volume]
+    per_volume = [names for names in per_volume if len(set(names)) > 1] or per_volume
+    joined = np.full(n_targets, "", dtype=object)
+    for names in per_volume:
+        joined = np.where(joined == "", names, np.where(names == "", joined, joined + "+" + names))
+    return joined.astype(str)

@@ -32,6 +32,7 @@ from napari_mine.data.dataset import (
 from napari_mine.data.images import ImageStore
 from napari_mine.errors import MineInputError
 
+CATEGORY_ROIS = ("floc-faces", "floc-places", "floc-bodies", "floc-words")  # the category localisers
 NSD_ROI_NAMES = ("nsdgeneral", "prf-visualrois", "floc-faces", "floc-places", "floc-bodies", "floc-words")
 # The label tables NSD ships as .mgz.ctab, used when a copy lacks them.
 NSD_ROI_LABELS = {

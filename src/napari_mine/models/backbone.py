@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import sys
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -50,6 +51,18 @@ class Backbone:
     preprocess_cfg: dict
     tokenizer: Any
     device: str
+
+    @property
+    def record(self) -> dict:
+        """What identifies this backbone in a manifest: name, pretrained tag and weights checksum."""
+        return {
+            "id": f"{self.name}:{self.pretrained or ''}:{self.checksum}",
+            "name": self.name,
+            "pretrained": self.pretrained,
+            "checksum": self.checksum,
+            "embed_dim": int(self.embed_dim),
+            "image_size": int(self.image_size),
+        }
 
     def preprocess(self, images) -> "torch.Tensor":
         """Resize and normalise uint8 RGB images as the model expects.
@@ -107,6 +120,7 @@ def load_backbone(name: str = SHIPPED_NAME, pretrained: str | None = None, check
     -------
     Backbone
     """
+    import_torch()
     device = resolve_device(device)
     register_shipped_config()
     _check_model_name(name)
@@ -121,9 +135,35 @@ def resolve_device(device: str = "auto") -> str:
     """The one place the torch device is chosen: "auto" is "cuda" when a GPU is visible, else "cpu"."""
     if device != "auto":
         return device
+    import_torch()
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def import_torch() -> None:
+    """Import torch and open_clip in a way that cannot crash napari.
+
+    napari's OpenGL canvas on Mesa (software rendering under Xvfb or remote desktops, some Linux GPU
+    drivers) loads Mesa's LLVM into the process; open_clip's torchvision then imports triton, which bundles
+    another LLVM, and the process segfaults. triton only serves torch.compile, which napari-mine does not
+    use, so where Mesa's LLVM is loaded and triton is not, triton is marked unavailable first. Called before
+    the canvas exists, it loads triton normally.
+    """
+    if "open_clip" in sys.modules:
+        return
+    if "triton" not in sys.modules and _mesa_llvm_loaded():
+        sys.modules["triton"] = None
+    import open_clip  # noqa: F401
+    import torch  # noqa: F401
+
+
+def _mesa_llvm_loaded() -> bool:
+    try:
+        with open("/proc/self/maps") as maps:
+            return any("libLLVM" in line for line in maps)
+    except OSError:  # not Linux: no /proc, and no Mesa LLVM clash known
+        return False
 
 
 def _check_model_name(name: str) -> None:
