@@ -68,20 +68,21 @@ def bench_cached_queries(n_images: int, n_voxels: int) -> None:
         print(f"store: {n_images} images × {TOKENS} tokens × {DIM} (float32, {cache_gb:.2f} GB, chunks of "
               f"{chunk_rows} images), {n_voxels} voxels; written in {time.perf_counter() - start:.1f} s")
 
-        cold = seconds(lambda: A.whole_brain_map(store, 0), 1)[0]
+        results = store.results()
+        cold = seconds(lambda: results.whole_brain_map(0), 1)[0]
         rows = iter(np.random.default_rng(1).integers(0, n_images, size=10))
-        warm = seconds(lambda: A.whole_brain_map(store, int(next(rows))), 10)
+        warm = seconds(lambda: results.whole_brain_map(int(next(rows))), 10)
         print(f"whole-brain map, 1 image × {n_voxels} voxels: first call {cold * 1e3:.0f} ms (reads W̃), then "
               f"median {statistics.median(warm) * 1e3:.0f} ms (min {min(warm) * 1e3:.0f}) — target ≤ 100 ms")
 
-        voxel = seconds(lambda: A.voxel_maps(store, 123), 2)
+        voxel = seconds(lambda: results.target_maps(123), 2)
         print(f"voxel maps, 1 voxel × {n_images} images: {voxel[0]:.2f} s first, {voxel[1]:.2f} s again "
               f"({cache_gb / voxel[1]:.2f} GB/s of tokens) — target ≤ 100 ms")
         floor_rows = min(n_images, 2000)
-        in_memory = np.asarray(store.group("features")["tokens"][:floor_rows])
-        weights = np.asarray(store.group("encoder")["effective_weights"][:, 123])
+        in_memory = np.asarray(results.group("features")["tokens"][:floor_rows])
+        weights = results.weights()[0][:, 123]
         product = min(seconds(lambda: in_memory @ weights, 3))
-        read = min(seconds(lambda: store.group("features")["tokens"][:floor_rows], 2))
+        read = min(seconds(lambda: results.group("features")["tokens"][:floor_rows], 2))
         scale = n_images / floor_rows
         print(f"  for comparison, from {floor_rows} images scaled ×{scale:.0f}: one large zarr read of the tokens "
               f"{read * scale:.2f} s; the product alone, on tokens already in memory, {product * scale:.2f} s")

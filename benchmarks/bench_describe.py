@@ -92,7 +92,7 @@ def fitted_world(folder: Path, n_images: int, seed: int):
     true voxel tuning)."""
     from napari_mine.data import load_nsd
     from napari_mine.models.backbone import load_backbone
-    from napari_mine.pipeline import compute_features, fit_encoder_step, model_record
+    from napari_mine.pipeline import compute_features, fit_encoder_step
     from napari_mine.store import ResultsStore
     from napari_mine.synthetic.truth import load_truth
     from napari_mine.synthetic.write_nsd import write_world
@@ -100,7 +100,7 @@ def fitted_world(folder: Path, n_images: int, seed: int):
     write_world(folder / "world", seed=seed, n_images=n_images)
     dataset = load_nsd(folder / "world", subject=1)
     backbone = load_backbone("mine-small")
-    store = ResultsStore.create(folder / "results", model=model_record(backbone), dataset=dataset.source)
+    store = ResultsStore.create(folder / "results", model=backbone.record, dataset=dataset.source)
     compute_features(dataset, backbone, store)
     fit_encoder_step(dataset, store)
     return store, backbone, load_truth(folder / "world").brain.tuning
@@ -113,12 +113,13 @@ def world_figures(n_images: int, seed: int, top_k: int, min_r: float = 0.3) -> N
     with tempfile.TemporaryDirectory() as folder:
         store, backbone, tuning = fitted_world(Path(folder), n_images, seed)
         space = concept_space(synthetic_vocabulary(), backbone, cache_dir=folder)
-        r = store.array("encoder", "accuracy/r")
+        results = store.results()
+        r = results.accuracy["r"]
         voxels = np.flatnonzero((tuning.category >= 0) & (r > min_r))
         start = time.perf_counter()
-        profiles = D.profiles_from_store(store, space, voxels=voxels, top_k=top_k)
+        profiles = results.profiles(space, voxels, top_k=top_k)
         seconds = time.perf_counter() - start
-        weights = store.array("encoder", "effective_weights")[:, voxels].T
+        weights = results.weights()[0][:, voxels].T
     categories = np.flatnonzero(np.asarray(space.vocabulary.groups) == "category")  # CATEGORIES order
     truth = tuning.category[voxels]
     mine = np.mean(profiles.scores[:, categories].argmax(axis=1) == truth)

@@ -21,7 +21,7 @@ import numpy as np
 
 from napari_mine.describe import describe_image
 from napari_mine.models.backbone import load_backbone
-from napari_mine.store import ResultsStore
+from napari_mine.results import Results
 from napari_mine.synthetic import scenes as S
 from napari_mine.synthetic.scoring import driving_objects
 from napari_mine.synthetic.write_nsd import load_truth
@@ -46,17 +46,16 @@ def said_words(text: str, vocabulary) -> dict[str, str]:
     return said
 
 
-def attribute_accuracy(store, truth, space, pairs) -> tuple[dict[str, float], list[tuple[str, str]]]:
+def attribute_accuracy(results, truth, space, pairs) -> tuple[dict[str, float], list[tuple[str, str]]]:
     """Fraction of pairs whose description names the driving object's attribute, and (said, true) texts."""
-    weights = store.array("encoder", "effective_weights").astype(np.float32)
-    image_ids = store.array("features", "image_ids").astype(int)
-    tokens = store.group("features")["tokens"]
+    weights = results.weights()[0]
+    image_ids = results.image_ids
     scenes = [truth.scenes[image_ids[row]] for row in pairs["row"]]
-    drivers = driving_objects(truth.brain, scenes, truth_voxels(store, truth)[pairs["voxel"]])
+    drivers = driving_objects(truth.brain, scenes, truth_voxels(results, truth)[pairs["voxel"]])
     hits = {group: [] for group in ATTRIBUTES}
     texts = []
     for row, voxel, scene, driver in zip(pairs["row"], pairs["voxel"], scenes, drivers):
-        text = describe_image(np.asarray(tokens[int(row)], np.float32), weights[:, voxel], space).text
+        text = describe_image(results.tokens([int(row)])[0], weights[:, voxel], space).text
         said, true = said_words(text, space.vocabulary), true_words(scene.objects[driver])
         for group in ATTRIBUTES:
             hits[group].append(said[group] == true[group])
@@ -73,11 +72,11 @@ def main() -> None:
     parser.add_argument("--show", type=int, default=0, help="print this many (description, truth) pairs")
     args = parser.parse_args()
 
-    store = ResultsStore.open(args.store)
-    truth = load_truth(store.root / "world")
+    results = Results.open(args.store)
+    truth = load_truth(results.root / "world")
     space = concept_space(synthetic_vocabulary(), load_backbone("mine-small"))
-    pairs = sample_pairs(store, n_voxels=args.voxels, images_per_voxel=args.images, seed=args.seed)
-    accuracy, texts = attribute_accuracy(store, truth, space, pairs)
+    pairs = sample_pairs(results, n_voxels=args.voxels, images_per_voxel=args.images, seed=args.seed)
+    accuracy, texts = attribute_accuracy(results, truth, space, pairs)
     print(f"{len(pairs['row'])} pairs ({args.voxels} voxels × {args.images} top images, seed {args.seed})")
     for group in ATTRIBUTES:
         print(f"  {group:9s} {accuracy[group]:.3f}")

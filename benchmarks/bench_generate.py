@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from napari_mine.generate import DiffusionGenerator, ProceduralGenerator, feather, random_pipeline
+from napari_mine.generate import DiffusionGenerator, ProceduralGenerator, as_edits, feather, random_pipeline
 from napari_mine.synthetic import scenes as S
 
 
@@ -41,12 +41,13 @@ def bench_procedural(n_scenes: int) -> None:
     region = np.zeros((size, size), np.float32)
     region[size // 4 : size // 2, size // 2 : 3 * size // 4] = 1
     indices = list(range(n_scenes))
+    subjects = generator.originals(indices)
     captions = [S.caption(scene) for scene in scenes]
     print(f"procedural, {n_scenes} scenes at {size} px (CPU):")
     for name, edit, render in (
-        ("remove", lambda: generator.scenes_without(indices, masks), lambda: generator.remove(indices, masks)),
+        ("remove", lambda: generator.scenes_without(indices, masks), lambda: generator.remove(subjects, masks)),
         ("insert", lambda: generator.scenes_with(indices, region, "face"),
-         lambda: generator.insert(indices, region, "face")),
+         lambda: generator.insert(subjects, region, "face")),
         ("generate", lambda: generator.scenes_from_descriptions(captions), lambda: generator.generate(captions)),
     ):
         print(f"  {name:8s}: {rate(edit, n_scenes):7.0f} scene edits/s, {rate(render, n_scenes):6.0f} edited "
@@ -74,7 +75,7 @@ def bench_diffusers_cuda(batch_size: int) -> None:
             generator.generate(prompts[:1])  # warm-up
             torch.cuda.reset_peak_memory_stats()
             text = rate(lambda: generator.generate(prompts), batch_size, repeats=2)
-            removal = rate(lambda: generator.remove(image, mask), batch_size, repeats=2)
+            removal = rate(lambda: generator.remove(as_edits(image), mask), batch_size, repeats=2)
         peak = torch.cuda.max_memory_allocated() / 2**30
         print(f"  {steps:2d} steps: text-to-image {text:.2f} images/s, inpainting removal {removal:.2f} images/s "
               f"(peak {peak:.1f} GiB)")
@@ -92,7 +93,7 @@ def bench_tiny_cpu(batch_size: int) -> None:
         torch.set_num_threads(threads)
         generator.generate(prompts[:1])  # warm-up
         text = rate(lambda: generator.generate(prompts), batch_size)
-        removal = rate(lambda: generator.remove(image, feather(box, 2)), batch_size)
+        removal = rate(lambda: generator.remove(as_edits(image), feather(box, 2)), batch_size)
         print(f"tiny pipeline (16 px, 4 steps, CPU, {threads} thread{'s' * (threads > 1)}): text-to-image "
               f"{text:.1f} images/s, inpainting removal {removal:.1f} images/s")
 

@@ -4,7 +4,7 @@ Timed through the widget's own path, thread worker included (a function timing a
 worker's cost): from the mouse callback (press + release) to the inspector's ``updated`` signal, after the
 panel, thumbnails, profile chart and overlay were updated on the main thread; and from
 ``viewer.dims.set_current_step`` to the ``updated`` signal of the new overlay and description. The direct
-``StoreView`` calls are timed beside them, so the worker's share shows. Aims: 200 ms and 100 ms.
+``Results`` calls are timed beside them, so the worker's share shows. Aims: 200 ms and 100 ms.
 
     xvfb-run -a .venv/bin/python benchmarks/bench_viewer.py                # the demo world (built once)
     xvfb-run -a .venv/bin/python benchmarks/bench_viewer.py --store RESULTS --clicks 30 --moves 50
@@ -72,23 +72,24 @@ def main(argv=None) -> None:
 
     from napari_mine._sample_data import demo_store
     from napari_mine._widgets._common import brain_layer
-    from napari_mine._widgets._store_view import import_torch, open_view
+    from napari_mine.models.backbone import import_torch
+    from napari_mine.results import open_results
     from napari_mine.viewer import view_results
 
-    import_torch()  # before the canvas exists (see _store_view.import_torch); not part of any timing
+    import_torch()  # before the canvas exists (see models.backbone.import_torch); not part of any timing
     root = args.store or str(demo_store(log=print))
     viewer = view_results(root, widgets=("Voxel inspector",), block=False)
     app = QApplication.instance()
     inspector = viewer.window.dock_widgets["Voxel inspector (napari-mine)"]
-    view = open_view(root)
+    view = open_results(root)
     brain = brain_layer(viewer)
     rng = np.random.default_rng(args.seed)
-    predicted = np.flatnonzero(np.nan_to_num(view.accuracy.get("r", np.zeros(view.n_voxels))) > 0.2)
-    voxels = rng.choice(predicted if predicted.size else np.arange(view.n_voxels), args.clicks + 1, replace=False)
+    predicted = np.flatnonzero(np.nan_to_num(view.accuracy.get("r", np.zeros(view.n_targets))) > 0.2)
+    voxels = rng.choice(predicted if predicted.size else np.arange(view.n_targets), args.clicks + 1, replace=False)
 
     def position_of(voxel):
         position = np.array(viewer.dims.point, dtype=float)
-        position[-3:] = brain.data_to_world(view.ijk_of(int(voxel)))
+        position[-3:] = brain.data_to_world(view.space.ijk_of(int(voxel)))
         viewer.dims.set_point(range(viewer.dims.ndim - 3, viewer.dims.ndim), position[-3:])
         return position
 
@@ -118,14 +119,14 @@ def main(argv=None) -> None:
         assert outcome == "overlay", outcome
         moves.append(seconds)
         tic = time.perf_counter()
-        view.image_attribution(int(voxels[-1]), int(row), space)
+        view.image_map(int(voxels[-1]), int(row), space)
         direct_maps.append(time.perf_counter() - tic)
 
-    print(f"{view.n_voxels} voxels, {n_images} images, total {time.perf_counter() - start:.1f} s")
+    print(f"{view.n_targets} voxels, {n_images} images, total {time.perf_counter() - start:.1f} s")
     print(summary("click → inspector updated (worker + Qt)", clicks, AIM_CLICK_MS))
-    print(summary("  of which StoreView.report (no Qt)", direct_reports, AIM_CLICK_MS))
+    print(summary("  of which Results.report (no Qt)", direct_reports, AIM_CLICK_MS))
     print(summary("slider → new overlay (worker + Qt)", moves, AIM_SLIDER_MS))
-    print(summary("  of which StoreView.image_attribution", direct_maps, AIM_SLIDER_MS))
+    print(summary("  of which Results.image_map", direct_maps, AIM_SLIDER_MS))
     viewer.close()
 
 

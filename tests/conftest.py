@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import open_clip  # noqa: F401  (torch, torchvision, triton) before any napari canvas: see _store_view.import_torch
+import open_clip  # noqa: F401  (torch, torchvision, triton) before any napari canvas: see models.backbone.import_torch
 import pytest
 
 SMALL_GRID = (10, 12, 9)
@@ -176,14 +176,14 @@ def fit_synthetic_world():
     def build(root: Path, *, n_images: int):
         from napari_mine.data import load_nsd
         from napari_mine.models.backbone import load_backbone
-        from napari_mine.pipeline import compute_features, fit_encoder_step, model_record
+        from napari_mine.pipeline import compute_features, fit_encoder_step
         from napari_mine.store import ResultsStore
         from napari_mine.synthetic.write_nsd import write_world
 
         write_world(root / "world", seed=3, n_images=n_images, n_shared=40, trials_per_session=120, n_general=2300)
         dataset = load_nsd(root / "world", subject=1)
         backbone = load_backbone("mine-small")
-        store = ResultsStore.create(root / "results", model=model_record(backbone), dataset=dataset.source)
+        store = ResultsStore.create(root / "results", model=backbone.record, dataset=dataset.source)
         compute_features(dataset, backbone, store)
         return dataset, backbone, store, fit_encoder_step(dataset, store)
 

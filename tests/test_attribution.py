@@ -153,49 +153,49 @@ def test_whole_brain_and_voxel_maps_equal_the_per_pair_maps(tmp_path):
     store, arrays = write_store(tmp_path, np.random.default_rng(6))
     tokens, weights = arrays["tokens"], arrays["effective_weights"]
     for row in (0, 7, 10):
-        brain = A.whole_brain_map(store, row)
+        brain = store.results().whole_brain_map(row)
         assert brain.shape == (3, 3, 4)
         for voxel in range(4):
             np.testing.assert_allclose(brain[..., voxel], A.to_patch_grid(tokens[row] @ weights[:, voxel]),
                                        rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(A.whole_brain_map(store, 4, grid=False), tokens[4] @ weights, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(store.results().whole_brain_map(4, grid=False), tokens[4] @ weights, rtol=1e-5, atol=1e-6)
     for workers in (1, 3):
-        maps = A.voxel_maps(store, 2, workers=workers)
+        maps = store.results().target_maps(2, workers=workers)
         assert maps.shape == (11, 3, 3)
         np.testing.assert_allclose(maps, A.to_patch_grid(tokens @ weights[:, 2]), rtol=1e-5, atol=1e-6)
 
 
 def test_a_refit_encoder_is_read_again(tmp_path):
     store, arrays = write_store(tmp_path, np.random.default_rng(7))
-    first = A.whole_brain_map(store, 0)
+    first = store.results().whole_brain_map(0)
     refit(store, -arrays["effective_weights"], arrays["effective_bias"])
-    np.testing.assert_allclose(A.whole_brain_map(store, 0), -first, rtol=1e-6)
+    np.testing.assert_allclose(store.results().whole_brain_map(0), -first, rtol=1e-6)
 
 
 def test_top_images_by_predicted_and_measured_response(tmp_path):
     store, arrays = write_store(tmp_path, np.random.default_rng(8))
     predicted = arrays["features"] @ arrays["effective_weights"][:, 1] + arrays["effective_bias"][1]
-    rows, values = A.top_images(store, 1, k=4)
+    rows, values = store.results().top_images(1, k=4)
     np.testing.assert_array_equal(rows, np.argsort(-predicted)[:4])
     np.testing.assert_allclose(values, predicted[rows], rtol=1e-5)
     measured = np.random.default_rng(9).normal(size=(11, 4))
     measured[np.argmax(measured[:, 1]), 1] = np.nan  # an image without a response is left out
-    rows, values = A.top_images(store, 1, k=20, by="measured", responses=measured)
+    rows, values = store.results().top_images(1, k=20, by="measured", responses=measured)
     assert len(rows) == 10 and np.all(np.diff(values) <= 0) and np.all(np.isfinite(values))
     with pytest.raises(MineInputError, match="needs `responses`"):
-        A.top_images(store, 1, by="measured")
+        store.results().top_images(1, by="measured")
     with pytest.raises(MineInputError, match="unknown ranking"):
-        A.top_images(store, 1, by="loudest")
+        store.results().top_images(1, by="loudest")
 
 
 def test_out_of_range_rows_and_voxels_name_the_valid_range(tmp_path):
     store, _ = write_store(tmp_path, np.random.default_rng(10))
     for bad in (11, -1):
         with pytest.raises(MineInputError, match="image row .* out of range; the store has images 0 to 10"):
-            A.whole_brain_map(store, bad)
-    for query in (A.voxel_maps, A.top_images):
+            store.results().whole_brain_map(bad)
+    for query in (store.results().target_maps, store.results().top_images):
         with pytest.raises(MineInputError, match="voxel 4 is out of range; the store has voxels 0 to 3"):
-            query(store, 4)
+            query(4)
 
 
 # ---- baselines and faithfulness --------------------------------------------------------------------------

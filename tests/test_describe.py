@@ -12,6 +12,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from napari_mine import describe as D
 from napari_mine.errors import MineInputError
+from napari_mine.pipeline import profile_step
 from napari_mine.store import ResultsStore, write_arrays
 from napari_mine.vocabulary import (GENERAL_VOCABULARY_FILE, ConceptSpace, concept_space, embed_vocabulary,
                                     general_vocabulary, synthetic_vocabulary, vocabulary_from_concepts,
@@ -215,7 +216,8 @@ def test_the_colour_word_is_the_objects_around_the_region_not_the_regions_own():
     description = D.describe_image(tokens, embedding["face"], space)
     assert set(np.flatnonzero(description.region)) <= set(skin)
     assert description.text == "large purple face on the left"
-    window = D.object_window(description.attribution, description.region)
+    window = D.object_window(description.attribution, description.region,
+                             radius=space.vocabulary.phrasing.object_radius)
     assert window[0] == 0 and window[hair].min() > 10 * window[car].max()
 
 
@@ -323,43 +325,49 @@ def planted_store(tmp_path):
     return store, space, truth
 
 
-def test_store_helpers_profile_describe_and_cluster(planted_store, tmp_path):
+def test_results_profile_describe_and_cluster(planted_store, tmp_path):
     store, space, truth = planted_store
-    profiles = D.profiles_from_store(store, space, top_k=8)
+    results = store.results()
+    profiles = results.profiles(space, top_k=8)
     assert [profiles.ranked(v, 1)[0][0] for v in range(len(truth))] == \
         [f"concept {c}" for c in np.array([0, 3, 5])[truth]]
 
-    D.save_profiles(store, profiles, space, {"top_k": 8})
-    loaded = D.load_profiles(store)
+    saved, by_label = profile_step(store, space, top_k=8, rois=["floc-faces"])
+    loaded = store.results().saved_profiles(space)
     assert loaded.concepts == profiles.concepts and np.array_equal(loaded.scores, profiles.scores)
+    assert np.array_equal(saved.scores, profiles.scores)
 
-    description = D.describe_from_store(store, space, int(profiles.top_images[0, 0]), 0)
+    description = results.describe(int(profiles.top_images[0, 0]), 0, space)
     assert description.concepts[0] == "concept 0"
 
-    by_roi = D.roi_profiles_from_store(store, profiles, "floc-faces")
+    by_roi = results.roi_profiles(profiles, "floc-faces")
     assert D.top_concepts(by_roi["FFA-2"], profiles.concepts, 1)[0][0] == "concept 5"
 
-    path = tmp_path / "ffa1_clusters.nii.gz"
-    clustering = D.roi_clusters_from_store(store, profiles, "floc-faces", "FFA-1", path, k_range=(2, 4))
+    clustering, targets = results.roi_clusters(profiles, "floc-faces", "FFA-1", k_range=(2, 4))
     assert clustering.k == 2 and adjusted_rand_score(truth[truth < 2], clustering.labels) == 1.0
-    volume = np.asarray(nib.load(path).dataobj)
-    mask = store.array("brain", "mask")
+    ffa1 = next(roi for roi in by_label if roi.label == "FFA-1")
+    volume = np.asarray(nib.load(ffa1.path).dataobj)
+    mask = results.space.mask
     assert np.array_equal(volume[mask] > 0, truth < 2) and volume[~mask].max() == 0
+    assert np.array_equal(targets, np.flatnonzero(truth < 2))
 
-    subset = D.profiles_from_store(store, space, voxels=[20, 3], top_k=8)
+    subset = results.profiles(space, [20, 3], top_k=8)
     assert np.allclose(subset.scores, profiles.scores[[20, 3]], atol=1e-6)
 
 
 def test_store_of_another_model_is_refused(planted_store):
     store, space, _ = planted_store
+    results = store.results()
     other = dataclasses.replace(space, model_id="another-model")
     with pytest.raises(MineInputError, match="another-model"):
-        D.profiles_from_store(store, other)
-    profiles = D.profiles_from_store(store, space, top_k=4)
+        results.profiles(other)
+    profiles = results.profiles(space, top_k=4)
     with pytest.raises(MineInputError, match="no label"):
-        D.roi_clusters_from_store(store, profiles, "floc-faces", "PPA", "x.nii.gz")
+        results.roi_clusters(profiles, "floc-faces", "PPA")
     with pytest.raises(MineInputError, match="no ROI volume"):
-        D.roi_profiles_from_store(store, profiles, "floc-words")
+        results.roi_profiles(profiles, "floc-words")
+    with pytest.raises(MineInputError, match="no labelled ROI volume 'floc-words'"):
+        profile_step(store, space, rois=["floc-words"])
 
 
 # ----------------------------------------------------------------------------------------------- the real model

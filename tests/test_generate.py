@@ -12,8 +12,9 @@ import pytest
 
 from napari_mine.attribution import upsample
 from napari_mine.errors import Cancelled, MineInputError
-from napari_mine.generate import (DiffusionGenerator, GenerationCancelled, ProceduralGenerator, attribution_mask,
-                                  composite, feather, random_pipeline, scene_from_description)
+from napari_mine.generate import (DiffusionGenerator, Edit, GenerationCancelled, ProceduralGenerator, as_edits,
+                                  attribution_mask, composite, feather, images_of, random_pipeline,
+                                  scene_from_description)
 from napari_mine.synthetic import scenes as S
 
 STEPS = 2
@@ -103,10 +104,10 @@ def test_descriptions_with_unknown_words_are_refused():
 def test_procedural_generate_is_seeded():
     generator = ProceduralGenerator(size=64)
     descriptions = ["a large red face on the left", "a small car and a green tree"]
-    images = generator.generate(descriptions, seed=4)
+    images = images_of(generator.generate(descriptions, seed=4))
     assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
-    assert np.array_equal(images, generator.generate(descriptions, seed=4))
-    assert not np.array_equal(images, generator.generate(descriptions, seed=5))
+    assert np.array_equal(images, images_of(generator.generate(descriptions, seed=4)))
+    assert not np.array_equal(images, images_of(generator.generate(descriptions, seed=5)))
     scene = generator.scenes_from_descriptions(descriptions, seed=4)[0]
     assert S.caption(scene) == "a large red face on the left"
 
@@ -124,11 +125,33 @@ def test_procedural_remove_by_stimulus_index_returns_the_edited_scene(world):
 
     edited = generator.scenes_without([index], mask)[0]
     assert edited == S.remove_object(truth.scenes[index], target)
-    image = generator.remove([index], mask)[0]
+    image = generator.remove(generator.originals([index]), mask)[0].image
     assert np.array_equal(image, S.render(edited, 64))
     original = S.render(truth.scenes[index], 64)
     assert np.array_equal(image[mask == 0], original[mask == 0]) and not np.array_equal(image, original)
     assert truth.true_response([edited]).shape == (1, truth.brain.n_voxels)
+
+
+def test_procedural_operations_return_edits_whose_image_is_the_rendering_of_their_scene(world):
+    from napari_mine.synthetic.truth import load_truth
+
+    generator, truth = ProceduralGenerator.from_world(world), load_truth(world)
+    index = next(i for i, scene in enumerate(truth.scenes) if len(scene.objects) >= 2)
+    original = generator.originals([index])[0]
+    assert isinstance(original, Edit) and original.scene == truth.scenes[index]
+    assert np.array_equal(original.image, S.render(truth.scenes[index], 64))
+    visible = S.object_masks(original.scene, 64)
+    target = int(np.argmax(visible.sum((1, 2))))
+    removed = generator.remove([original], visible[target].astype(np.float32))[0]
+    assert removed.scene == S.remove_object(original.scene, target)
+    assert len(removed.scene.objects) == len(original.scene.objects) - 1
+    assert np.array_equal(removed.image, S.render(removed.scene, 64))
+    inserted = generator.insert([removed], visible[target].astype(np.float32), ["car"], seed=2)[0]
+    assert inserted.scene.objects[:-1] == removed.scene.objects and inserted.scene.objects[-1].category == "car"
+    assert np.array_equal(inserted.image, S.render(inserted.scene, 64))
+    made = generator.generate(["a large red face"], seed=1)[0]
+    assert made.scene == generator.scenes_from_descriptions(["a large red face"], seed=1)[0]
+    assert np.array_equal(made.image, S.render(made.scene, 64))
 
 
 def test_procedural_remove_refuses_a_mask_over_no_object_and_pixels():
@@ -137,11 +160,11 @@ def test_procedural_remove_refuses_a_mask_over_no_object_and_pixels():
     corner = np.zeros((32, 32), np.float32)
     corner[24:, 24:] = 1
     with pytest.raises(MineInputError, match="overlaps no visible object"):
-        generator.remove([0], corner)
+        generator.remove(generator.originals([0]), corner)
     with pytest.raises(MineInputError, match="scenes, not pixels"):
-        generator.remove(np.zeros((1, 32, 32, 3), np.uint8), corner)
+        generator.remove(as_edits(np.zeros((1, 32, 32, 3), np.uint8)), corner)
     with pytest.raises(MineInputError, match="outside this world"):
-        generator.remove([3], corner)
+        generator.remove(generator.originals([3]), corner)
 
 
 def test_procedural_insert_places_the_concept_on_the_mask():
@@ -157,11 +180,11 @@ def test_procedural_insert_places_the_concept_on_the_mask():
         rows, cols = np.nonzero(S.silhouettes(inserted, 64)[-1])
         assert 8 <= rows.min() and rows.max() <= 31 and 30 <= cols.min() and cols.max() <= 59, "inside the mask"
         assert rows.max() - rows.min() >= 20 or cols.max() - cols.min() >= 26, "as large as the mask allows"
-    images = generator.insert([0], mask, "face", seed=1)
-    assert np.array_equal(images, generator.insert([0], mask, "face", seed=1))
+    images = images_of(generator.insert(generator.originals([0]), mask, "face", seed=1))
+    assert np.array_equal(images, images_of(generator.insert(generator.originals([0]), mask, "face", seed=1)))
     assert np.array_equal(images[0][mask == 0], S.render(scene, 64)[mask == 0])
     with pytest.raises(MineInputError, match="'unicorn'"):
-        generator.insert([0], mask, "unicorn")
+        generator.insert(generator.originals([0]), mask, "unicorn")
 
 
 def test_procedural_scenes_hold_the_size_colour_and_position_a_phrase_names():
@@ -237,29 +260,43 @@ def test_diffusion_loads_on_cpu_in_float32_at_the_models_size(diffusion):
 
 def test_diffusion_generate_is_seeded_per_image(diffusion):
     prompts = ["a red face", "a car", "a house"]
-    images = diffusion.generate(prompts, seed=7)
+    images = images_of(diffusion.generate(prompts, seed=7))
     assert images.shape == (3, 16, 16, 3) and images.dtype == np.uint8
-    assert np.array_equal(images, diffusion.generate(prompts, seed=7))
-    assert not np.array_equal(images, diffusion.generate(prompts, seed=8))
-    assert np.array_equal(images[2], diffusion.generate(prompts[:1] * 2 + prompts[2:], seed=7)[2])
+    assert np.array_equal(images, images_of(diffusion.generate(prompts, seed=7)))
+    assert not np.array_equal(images, images_of(diffusion.generate(prompts, seed=8)))
+    assert np.array_equal(images[2], diffusion.generate(prompts[:1] * 2 + prompts[2:], seed=7)[2].image)
 
 
 def test_diffusion_edits_keep_unmasked_pixels_and_resize_in_and_out(diffusion):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2, 24, 24, 3), dtype=np.uint8)
     mask = _square_mask(24)
-    removed = diffusion.remove(images, mask, seed=1)
-    inserted = diffusion.insert(images, np.stack([mask, mask[::-1]]), ["a face", "a car"], seed=1)
+    removed = images_of(diffusion.remove(as_edits(images), mask, seed=1))
+    inserted = images_of(diffusion.insert(as_edits(images), np.stack([mask, mask[::-1]]), ["a face", "a car"], seed=1))
     for edited, masks in ((removed, np.stack([mask, mask])), (inserted, np.stack([mask, mask[::-1]]))):
         assert edited.shape == images.shape and edited.dtype == np.uint8
         assert np.array_equal(edited[masks == 0], images[masks == 0])
         assert not np.array_equal(edited[masks == 1], images[masks == 1])
-    assert np.array_equal(removed, diffusion.remove(images, mask, seed=1))
-    assert not np.array_equal(removed, diffusion.remove(images, mask, seed=2))
+    assert np.array_equal(removed, images_of(diffusion.remove(as_edits(images), mask, seed=1)))
+    assert not np.array_equal(removed, images_of(diffusion.remove(as_edits(images), mask, seed=2)))
     with pytest.raises(MineInputError, match="empty"):
-        diffusion.remove(images, np.zeros((24, 24)))
+        diffusion.remove(as_edits(images), np.zeros((24, 24)))
     with pytest.raises(MineInputError, match="uint8"):
         diffusion.remove(images[0], mask)
+
+
+def test_pixel_originals_are_resized_images_and_pixel_edits_have_no_scene(diffusion):
+    images = np.random.default_rng(2).integers(0, 256, (2, 24, 24, 3), dtype=np.uint8)
+    originals = diffusion.originals([7, 8], iter(images))
+    assert all(isinstance(edit, Edit) and edit.scene is None for edit in originals)
+    assert images_of(originals).shape == (2, 16, 16, 3)
+    removed = diffusion.remove(originals, _square_mask(16), seed=1)
+    assert all(isinstance(edit, Edit) and edit.scene is None for edit in removed)
+    assert images_of(removed).shape == (2, 16, 16, 3)
+    with pytest.raises(MineInputError, match="pass images="):
+        diffusion.originals([7])
+    with pytest.raises(MineInputError, match="list of Edit"):
+        diffusion.remove(images, _square_mask(24))
 
 
 def test_diffusion_reports_progress_and_stops_after_the_first_step(diffusion, monkeypatch):
@@ -280,7 +317,7 @@ def test_diffusion_halves_the_batch_on_out_of_memory(diffusion, monkeypatch):
     import torch
 
     prompts = ["a red face", "a car", "a tree"]
-    expected = diffusion.generate(prompts, seed=3)
+    expected = images_of(diffusion.generate(prompts, seed=3))
     unet = diffusion.text2image.unet
     real_forward = unet.forward
     batches = []
@@ -292,7 +329,7 @@ def test_diffusion_halves_the_batch_on_out_of_memory(diffusion, monkeypatch):
         return real_forward(sample, *args, **kwargs)
 
     monkeypatch.setattr(unet, "forward", forward_that_fits_one_image)
-    retried = diffusion.generate(prompts, seed=3)
+    retried = images_of(diffusion.generate(prompts, seed=3))
     assert np.abs(retried.astype(int) - expected).max() <= 1, "per-image seeds: the batch split does not matter"
     assert batches[0] == 4 and set(batches[1:]) == {2}
 
@@ -307,9 +344,9 @@ def test_instruct_pix2pix_edits_are_composited(model_folders):
     assert generator.instruct
     images = np.random.default_rng(1).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
     mask = _square_mask(16)
-    edited = generator.insert(images, mask, "a face", seed=0)
+    edited = images_of(generator.insert(as_edits(images), mask, "a face", seed=0))
     assert edited.shape == images.shape and np.array_equal(edited[0][mask == 0], images[0][mask == 0])
-    assert np.array_equal(edited, generator.insert(images, mask, "a face", seed=0))
+    assert np.array_equal(edited, images_of(generator.insert(as_edits(images), mask, "a face", seed=0)))
 
 
 @pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks` argument is deprecated")

@@ -13,7 +13,7 @@ import pytest
 from napari_mine import cli
 from napari_mine.encoding import VoxelEncoder
 from napari_mine.errors import Cancelled
-from napari_mine.pipeline import compute_features, fit_encoder_step, model_record
+from napari_mine.pipeline import compute_features, fit_encoder_step
 from napari_mine.store import ResultsStore
 
 
@@ -24,28 +24,28 @@ def fitted(tmp_path_factory, fit_synthetic_world):
 
 def test_token_contributions_sum_to_features(fitted):
     _, _, store, _ = fitted
-    features = store.array("features", "features")
-    tokens = store.group("features")["tokens"][:16]
-    rest = store.array("features", "rest")[:16]
+    features = store.results().group("features")["features"][...]
+    tokens = store.results().group("features")["tokens"][:16]
+    rest = store.results().group("features")["rest"][...][:16]
     np.testing.assert_allclose(tokens.sum(axis=1) + rest, features[:16], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
 
 
 def test_projected_terms_sum_to_prediction(fitted):
     _, _, store, _ = fitted
-    group = store.group("encoder")
+    group = store.results().group("encoder")
     encoder = VoxelEncoder.from_arrays(group)
     weights, bias = group["effective_weights"][...], group["effective_bias"][...]
-    tokens = store.group("features")["tokens"][:8]
-    rest = store.array("features", "rest")[:8]
+    tokens = store.results().group("features")["tokens"][:8]
+    rest = store.results().group("features")["rest"][...][:8]
     decomposed = np.einsum("ntd,dv->nv", tokens, weights) + rest @ weights + bias
-    predicted = encoder.predict(store.array("features", "features")[:8])
+    predicted = encoder.predict(store.results().group("features")["features"][...][:8])
     np.testing.assert_allclose(decomposed, predicted, rtol=1e-3, atol=1e-4)
 
 
 def test_accuracy_is_scored_against_the_noise_ceiling(fitted):
     dataset, _, store, summary = fitted
-    normalized = store.array("encoder", "accuracy/normalized_r")
+    normalized = store.results().group("encoder")["accuracy/normalized_r"][...]
     assert normalized.shape == (dataset.n_voxels,)
     assert {"FFA-1", "PPA", "EBA", "VWFA-1"} <= set(summary["median_nc_r_by_roi"])
     # A tiny world (200 training images) cannot reach the demo's accuracy, but face voxels must be predictable.
@@ -54,7 +54,7 @@ def test_accuracy_is_scored_against_the_noise_ceiling(fitted):
 
 def test_cli_fit_reports_missing_features_in_one_line(fitted, tmp_path, capsys):
     dataset, backbone, _, _ = fitted
-    ResultsStore.create(tmp_path, model=model_record(backbone), dataset=dataset.source)
+    ResultsStore.create(tmp_path, model=backbone.record, dataset=dataset.source)
     assert cli.main(["fit", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert error == [f"napari-mine fit: {tmp_path} has no 'features' results yet; run `napari-mine features` first."]
@@ -105,7 +105,7 @@ def test_cli_features_then_fit_on_an_nsd_folder(fitted, tmp_path, capsys):
 
 def test_a_cancelled_encoder_fit_keeps_the_fitted_encoder(fitted):
     dataset, _, store, _ = fitted
-    before = store.array("encoder", "effective_weights")
+    before = store.results().group("encoder")["effective_weights"][...]
     checks = []
 
     def stop_after_two_folds():
@@ -115,7 +115,7 @@ def test_a_cancelled_encoder_fit_keeps_the_fitted_encoder(fitted):
     with pytest.raises(Cancelled, match="encoder fit was cancelled"):
         fit_encoder_step(dataset, store, alphas=[1.0, 10.0], should_stop=stop_after_two_folds)
     assert len(checks) == 3
-    np.testing.assert_array_equal(ResultsStore.open(store.root).array("encoder", "effective_weights"), before)
+    np.testing.assert_array_equal(ResultsStore.open(store.root).results().group("encoder")["effective_weights"][...], before)
 
 
 def test_encoder_fit_reports_progress_in_voxels(fitted):
@@ -133,21 +133,22 @@ def test_features_on_a_dask_cluster_match_the_serial_ones(fitted, tmp_path, monk
 
     monkeypatch.setattr(decompose, "TOKEN_CHUNK_BYTES", 2**20)  # several tasks (one per chunk) for 240 images
     dataset, backbone, store, _ = fitted
-    on_cluster = ResultsStore.create(tmp_path / "cluster", model=model_record(backbone), dataset=dataset.source)
+    on_cluster = ResultsStore.create(tmp_path / "cluster", model=backbone.record, dataset=dataset.source)
     reports = []
     with Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
         n = compute_features(dataset, backbone, on_cluster, batch_size=16, client=client,
                              on_progress=lambda *report: reports.append(report))
-    assert n == len(dataset.images) and reports[-1] == (n, n) and len(reports) == on_cluster.group("features")["tokens"].nchunks
+    assert n == len(dataset.images) and reports[-1] == (n, n) and len(reports) == on_cluster.results().group("features")["tokens"].nchunks
     for name in ("tokens", "rest", "features", "image_ids"):
-        np.testing.assert_allclose(on_cluster.array("features", name), store.array("features", name), atol=1e-6)
+        np.testing.assert_allclose(on_cluster.results().group("features")[name][...],
+                                   store.results().group("features")[name][...], atol=1e-6)
 
 
 def test_a_stopped_dask_extraction_leaves_the_store_unchanged(fitted, tmp_path):
     from distributed import Client
 
     dataset, backbone, _, _ = fitted
-    on_cluster = ResultsStore.create(tmp_path / "cluster", model=model_record(backbone), dataset=dataset.source)
+    on_cluster = ResultsStore.create(tmp_path / "cluster", model=backbone.record, dataset=dataset.source)
     with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
         with pytest.raises(Cancelled, match="cancelled"):
             compute_features(dataset, backbone, on_cluster, client=client, should_stop=lambda: True)

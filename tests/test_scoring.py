@@ -33,7 +33,7 @@ def world(tmp_path_factory, fit_synthetic_world):
 
 @pytest.fixture(scope="module")
 def scores(world):
-    return scoring.score_interpretation(world["store"], world["dataset"], world["truth"], world["backbone"],
+    return scoring.score_interpretation(world["store"].results(), world["dataset"], world["truth"], world["backbone"],
                                         seed=SEED, n_voxels=12, n_images_per_voxel=2, n_faithfulness_pairs=1)
 
 
@@ -49,7 +49,7 @@ def test_scores_have_the_summary_structure_and_valid_ranges(scores, world):
     for accuracy in (attribution["pointing_game"], description["top1_accuracy"], profile["top1_accuracy"],
                      profile["baseline_top1_accuracy"]):
         assert 0.0 <= accuracy <= 1.0
-    scored = scoring.scored_voxels(world["store"], world["dataset"], world["truth"])
+    scored = scoring.scored_voxels(world["store"].results(), world["dataset"], world["truth"])
     assert profile["n_voxels"] == len(scored)
     rois = set(world["truth"].brain.tuning.roi[scored])
     assert set(profile["roi_category"]) == set(profile["roi_category_correct"]) == rois
@@ -65,8 +65,8 @@ def test_scores_have_the_summary_structure_and_valid_ranges(scores, world):
 
 def test_scored_voxels_are_reliable_category_roi_voxels(world):
     tuning = world["truth"].brain.tuning
-    voxels = scoring.scored_voxels(world["store"], world["dataset"], world["truth"])
-    normalized_r = world["store"].array("encoder", "accuracy/normalized_r")[voxels]
+    voxels = scoring.scored_voxels(world["store"].results(), world["dataset"], world["truth"])
+    normalized_r = world["store"].results().accuracy["normalized_r"][voxels]
     assert np.all(tuning.kind[voxels] == "category") and np.all(normalized_r >= scoring.MIN_NORMALIZED_R)
     assert set(tuning.roi[voxels]) <= set(scoring.CATEGORY_ROIS)
 
@@ -78,7 +78,7 @@ def test_a_dataset_whose_voxels_are_not_the_truths_is_refused(world):
     moved.flat[np.flatnonzero(brain.cortex & ~brain.mask)[0]] = True
     truth = dataclasses.replace(world["truth"], brain=dataclasses.replace(brain, mask=moved))
     with pytest.raises(MineInputError, match="voxel mask is not the ground truth's"):
-        scoring.score_interpretation(world["store"], world["dataset"], truth, world["backbone"])
+        scoring.score_interpretation(world["store"].results(), world["dataset"], truth, world["backbone"])
 
 
 def _spike_tokens(cells, dim=DIM):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from napari_mine.errors import MineInputError
+from napari_mine.results import Results
 from napari_mine.store import ResultsStore, write_arrays
 
 MODEL = {"id": "mine-small::abc", "name": "mine-small"}
@@ -19,9 +20,9 @@ def test_step_is_recorded_and_read_back(tmp_path):
         write_arrays(group, {"features": values}, chunk_rows=16)
     reopened = ResultsStore.open(tmp_path / "results")
     assert reopened.has("features")
-    assert reopened.manifest["steps"]["features"]["settings"] == {"batch_size": 8}
-    np.testing.assert_array_equal(reopened.array("features", "features"), values)
-    assert reopened.group("features")["features"].chunks == (16, 4)
+    assert reopened.manifest.settings("features") == {"batch_size": 8}
+    np.testing.assert_array_equal(reopened.results().features(), values)
+    assert Results.open(tmp_path / "results").group("features")["features"].chunks == (16, 4)
 
 
 def test_failed_step_leaves_store_as_before(tmp_path):
@@ -32,14 +33,14 @@ def test_failed_step_leaves_store_as_before(tmp_path):
         with store.write_step("features") as group:
             write_arrays(group, {"features": np.zeros((3, 2))})
             raise RuntimeError("interrupted")
-    np.testing.assert_array_equal(store.array("features", "features"), np.ones((3, 2)))
+    np.testing.assert_array_equal(store.results().features(), np.ones((3, 2)))
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_missing_step_and_other_model_are_refused(tmp_path):
     store = ResultsStore.create(tmp_path, model=MODEL, dataset=DATASET)
     with pytest.raises(MineInputError, match="no 'encoder' results"):
-        store.group("encoder")
+        store.results().group("encoder")
     with pytest.raises(MineInputError, match="computed with model 'mine-small::abc'"):
         store.check_model("ViT-B-16:laion2b:123")
     with pytest.raises(MineInputError, match="already holds results of model"):

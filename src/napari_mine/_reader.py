@@ -207,79 +207,50 @@ def read_store(path: str | Path, *, stimuli: bool = True) -> list[tuple]:
     """
     from napari.utils.notifications import show_warning
 
-    from napari_mine.store import ResultsStore
+    from napari_mine.results import open_results
 
-    store = ResultsStore.open(path)
-    store.require("brain", "run `napari-mine features` on a dataset first.")
-    brain = store.group("brain")
-    mask = np.asarray(brain["mask"][...], dtype=bool)
-    affine = np.asarray(brain["affine"][...], dtype=float)
-    scale, translate, oblique = affine_placement(affine)
+    results = open_results(path)
+    results.require("brain", "run `napari-mine features` on a dataset first.")
+    space = results.space
+    scale, translate, oblique = affine_placement(space.affine)
     if oblique:
-        show_warning(f"{store.root.name}: the brain grid is oblique; it is shown with its voxel sizes only.")
+        show_warning(f"{results.root.name}: the brain grid is oblique; it is shown with its voxel sizes only.")
     place = {"scale": scale, "translate": translate}
     layers = []
-    if "anatomy" in brain:
-        anatomy = np.asarray(brain["anatomy"][...], dtype=np.float32)
+    anatomy = results.anatomy()
+    if anatomy is not None:
         low, high = np.percentile(anatomy[np.isfinite(anatomy)], [1, 99.5]) if anatomy.size else (0, 1)
         layers.append((anatomy, {"name": "anatomy", **place, "colormap": "gray", "opacity": ANATOMY_OPACITY,
                                  "contrast_limits": (float(low), float(max(high, low + 1e-6))),
-                                 "metadata": layer_metadata(store.root, "anatomy")}, "image"))
-    if store.has("encoder"):
-        normalized = np.asarray(store.array("encoder", "accuracy/normalized_r"), dtype=np.float32)
-        volume = np.full(mask.shape, np.nan, dtype=np.float32)
-        volume[mask] = normalized
+                                 "metadata": layer_metadata(results.root, "anatomy")}, "image"))
+    if results.has("encoder"):
+        volume = space.to_volume(results.accuracy["normalized_r"]).astype(np.float32)
         layers.append((volume, {
             "name": "accuracy (r / noise ceiling)", **place, "colormap": ACCURACY_COLORMAP,
             "contrast_limits": (0.0, 1.0), "blending": "translucent", "opacity": 0.8,
-            "metadata": layer_metadata(store.root, "accuracy"),
+            "metadata": layer_metadata(results.root, "accuracy"),
         }, "image"))
     else:
-        layers.append((mask.astype(np.uint8), {
+        layers.append((space.mask.astype(np.uint8), {
             "name": "brain mask", **place, "colormap": "cyan", "contrast_limits": (0, 1), "blending": "additive",
-            "opacity": 0.4, "metadata": layer_metadata(store.root, "mask"),
+            "opacity": 0.4, "metadata": layer_metadata(results.root, "mask"),
         }, "image"))
-    roi_labels = store.manifest["steps"]["brain"]["settings"].get("roi_labels", {})
-    if "roi" in brain:
-        for name in sorted(brain["roi"].array_keys()):
-            labels = {int(k): v for k, v in roi_labels.get(name, {}).items()}
-            volume = np.asarray(brain["roi"][name][...])
-            data = np.where(volume > 0, volume, 0).astype(np.int32)
-            layers.append((data, {
-                "name": f"ROI {name}", **place, "opacity": 0.5,
-                "visible": name.startswith("floc-"),
-                "features": _label_features(labels),
-                "metadata": layer_metadata(store.root, "roi", roi=name, labels={str(k): v for k, v in labels.items()}),
-            }, "labels"))
+    for name, (volume, labels) in space.rois.items():
+        data = np.where(volume > 0, volume, 0).astype(np.int32)
+        layers.append((data, {
+            "name": f"ROI {name}", **place, "opacity": 0.5,
+            "visible": name.startswith("floc-"),
+            "features": _label_features(labels),
+            "metadata": layer_metadata(results.root, "roi", roi=name, labels={str(k): v for k, v in labels.items()}),
+        }, "labels"))
     if stimuli:
         try:
-            images = open_stimuli(store)
+            images = results.images
         except MineInputError as error:
-            show_warning(f"The stimuli of {store.root.name} are not shown: {error}")
+            show_warning(f"The stimuli of {results.root.name} are not shown: {error}")
         else:
-            layers.append(stimulus_layer(images, store.root, mask.shape, scale, translate))
+            layers.append(stimulus_layer(images, results.root, space.mask.shape, scale, translate))
     return layers
-
-
-def open_stimuli(store):
-    """The dataset's images (an ImageStore, lazy) in the order of the store's feature rows.
-
-    NSD-layout sources (the synthetic world included) are opened from the stimulus brick and the stored
-    image ids alone, without reading any betas; other sources are reopened through their loader.
-    """
-    source = store.manifest.get("dataset") or {}
-    if not source:
-        raise MineInputError("the manifest names no dataset; recompute the features with `napari-mine features`.")
-    if source.get("format") == "nsd" and store.has("features"):
-        from napari_mine.data import ImageStore
-        from napari_mine.data.nsd import NsdTree
-
-        tree = NsdTree(source["root"], int(source.get("subject", 1)))
-        stimuli = tree.require("nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5")
-        return ImageStore.from_hdf5(stimuli, store.array("features", "image_ids"))
-    from napari_mine.data import dataset_from_source
-
-    return dataset_from_source(source).images
 
 
 def stimulus_layer(images, store_root, brain_shape, scale, translate) -> tuple:

@@ -38,7 +38,7 @@ def demo_store(folder: str | os.PathLike | None = None, *, n_images: int = SAMPL
     -------
     Path of the results store (a folder holding ``manifest.json``).
     """
-    from napari_mine._widgets._store_view import import_torch
+    from napari_mine.models.backbone import import_torch
     from napari_mine.store import ResultsStore
 
     folder = Path(folder) if folder is not None else cache_root() / f"demo-seed{seed}-{n_images}"

@@ -3,8 +3,8 @@
 Exact maps: the decomposition writes the encoder features of an image as a sum of per-source-token terms
 plus a non-spatial rest, so a voxel's prediction is ``tokens.sum(0) @ w̃ + rest @ w̃ + b̃`` and the score of
 a token is its own term projected on w̃. Token 0 is the class token; tokens 1: are the g × g patches in
-row-major order, as open_clip flattens its patch grid. Every cached query is one matrix product over the
-token contribution cache of a results store.
+row-major order, as open_clip flattens its patch grid. Every query over a results folder
+(:class:`~napari_mine.results.Results`) is one matrix product over its token contribution cache.
 
 Baselines that are not exact (gradient × input, integrated gradients, occlusion) run the model itself, and
 `faithfulness` scores any map by deleting or inserting patches in the map's order and watching the voxel's
@@ -15,45 +15,51 @@ torch is imported inside the functions that need it: napari imports this package
 
 from __future__ import annotations
 
-import functools
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from napari_mine.errors import MineInputError
 
 METHODS = ("exact", "exact_contrast", "gradient_x_input", "integrated_gradients", "occlusion")
 FILLS = ("grey", "blur")
-READ_WORKERS = 4
 
 
 # ---- exact maps from token contributions -----------------------------------------------------------------
 
 
-def patch_attribution(tokens, weights) -> np.ndarray:
+def patch_attribution(tokens, weights, *, paired: bool = False) -> np.ndarray:
     """Score each token by its contribution to the voxel's predicted response.
 
     Parameters
     ----------
     tokens : array (..., T, D)
-        Per-source-token contributions in the encoder's feature space (class token first).
+        Per-source-token contributions in the encoder's feature space (class token first, if given: every
+        token given is scored).
     weights : array (D,) or (D, V)
         Effective weights w̃ of one voxel, or of V voxels as columns.
+    paired : bool
+        With tokens (V, T, D) of V images and weights (D, V): score image v on voxel v only.
 
     Returns
     -------
-    float32 array (..., T) for one voxel, (..., T, V) for V voxels
+    float32 array (..., T) for one voxel, (..., T, V) for V voxels, (V, T) paired
         ``tokens @ weights``; with the rest term and the bias they sum to the prediction.
     """
     tokens = np.asarray(tokens)
     weights = np.asarray(weights)
+    if paired and (tokens.ndim != 3 or weights.shape != (tokens.shape[2], tokens.shape[0])):
+        raise MineInputError(
+            f"paired tokens of shape {tokens.shape} cannot be projected on weights of shape {weights.shape}; "
+            "pass the tokens (V, T, D) of V images and the weights (D, V) of the V voxels, from the same model."
+        )
     if tokens.ndim < 2 or weights.ndim not in (1, 2) or tokens.shape[-1] != weights.shape[0]:
         raise MineInputError(
             f"tokens of shape {tokens.shape} cannot be projected on weights of shape {weights.shape}; pass "
             "tokens (..., T, D) and weights (D,) or (D, V) from the same model."
         )
-    return tokens.astype(np.float32, copy=False) @ weights.astype(np.float32, copy=False)
+    tokens, weights = tokens.astype(np.float32, copy=False), weights.astype(np.float32, copy=False)
+    if paired:
+        return (tokens @ weights.T[..., None])[..., 0]
+    return tokens @ weights
 
 
 def to_patch_grid(scores, axis: int = -1) -> np.ndarray:
@@ -74,17 +80,19 @@ def to_patch_grid(scores, axis: int = -1) -> np.ndarray:
     scores = np.asarray(scores)
     axis = axis % scores.ndim
     moved = np.moveaxis(scores, axis, -1)
-    side = _grid_side(moved.shape[-1])
+    side = grid_side(moved.shape[-1])
     grid = moved[..., 1:].reshape(moved.shape[:-1] + (side, side))
     return np.moveaxis(grid, (-2, -1), (axis, axis + 1))
 
 
-def _grid_side(n_tokens: int) -> int:
-    side = int(round(np.sqrt(n_tokens - 1))) if n_tokens > 1 else 0
-    if side < 1 or side * side != n_tokens - 1:
+def grid_side(n_tokens: int, n_prefix_tokens: int = 1) -> int:
+    """Side g of the patch grid of ``n_tokens`` = ``n_prefix_tokens`` + g² tokens (patches row-major)."""
+    n_patches = n_tokens - n_prefix_tokens
+    side = int(round(np.sqrt(n_patches))) if n_patches > 0 else 0
+    if side < 1 or side * side != n_patches:
         raise MineInputError(
-            f"{n_tokens} tokens are not a class token plus a square patch grid; pass scores with 1 + g² tokens "
-            "along the token axis."
+            f"{n_tokens} tokens are not {n_prefix_tokens} prefix token(s) plus a square patch grid; pass 1 + g² "
+            "tokens (class token first), or give n_prefix_tokens so that the rest form a g × g square grid."
         )
     return side
 
@@ -201,150 +209,6 @@ def _checked_heads(heads, n_heads: int) -> np.ndarray:
         raise MineInputError(f"heads {heads.tolist()} are not valid head indices; choose heads from 0 to "
                              f"{n_heads - 1}.")
     return heads
-
-
-# ---- cached queries over a results store -----------------------------------------------------------------
-
-
-def whole_brain_map(store, image_row: int, grid: bool = True) -> np.ndarray:
-    """The attribution of one image for every voxel: ``C(x) W̃``, one matrix product.
-
-    The effective weights are read once per fitted encoder and kept in memory, so repeated queries (a
-    viewer moving from image to image) cost the product only.
-
-    Parameters
-    ----------
-    store : napari_mine.store.ResultsStore
-        With the "features" and "encoder" steps.
-    image_row : int
-        Row of the image in the store (Dataset.images order).
-    grid : bool
-        Return (g, g, V) patch maps instead of (T, V) token scores.
-
-    Returns
-    -------
-    float32 array (g, g, V) or (T, V)
-    """
-    tokens = _step_array(store, "features", "tokens")
-    row = _checked_index(image_row, tokens.shape[0], "image row", "images")
-    scores = patch_attribution(tokens[row], _effective_weights(store))
-    return to_patch_grid(scores, axis=0) if grid else scores
-
-
-def voxel_maps(store, voxel: int, workers: int | None = None) -> np.ndarray:
-    """The attribution maps of one voxel over every cached image: ``C · w̃_v``.
-
-    Each storage chunk of tokens is read and projected on its own, by a few threads at once (decompressing
-    chunk by chunk in parallel reads several times faster than one large read), so memory holds about
-    `workers` chunks of tokens however many images the store has.
-
-    Parameters
-    ----------
-    store : napari_mine.store.ResultsStore
-        With the "features" and "encoder" steps.
-    voxel : int
-        Voxel index (column of the encoder's weights, `np.flatnonzero(mask)` order).
-    workers : int, optional
-        Chunks read at once (default: up to 4, no more than the CPU count).
-
-    Returns
-    -------
-    float32 array (N, g, g)
-    """
-    tokens = _step_array(store, "features", "tokens")
-    all_weights = _step_array(store, "encoder", "effective_weights")
-    column = _checked_index(voxel, all_weights.shape[1], "voxel", "voxels")
-    weights = np.asarray(all_weights[:, column], dtype=np.float32)
-    rows = tokens.chunks[0]
-    with ThreadPoolExecutor(workers or min(READ_WORKERS, os.cpu_count() or 1)) as pool:
-        parts = pool.map(lambda start: patch_attribution(tokens[start:start + rows], weights),
-                         range(0, tokens.shape[0], rows))
-        scores = np.concatenate(list(parts))
-    return to_patch_grid(scores)
-
-
-def top_images(store, voxel: int, k: int = 10, by: str = "predicted", responses=None):
-    """The images that drive a voxel most, by predicted or by measured response.
-
-    Parameters
-    ----------
-    store : napari_mine.store.ResultsStore
-        With the "features" and "encoder" steps.
-    voxel : int
-        Voxel index.
-    k : int
-        How many images (fewer when fewer have a value).
-    by : {"predicted", "measured"}
-        Rank by the encoder's prediction ``f @ w̃ + b̃`` or by `responses`.
-    responses : array (N,) or (N, V), optional
-        Measured responses per store row (NaN where an image has none); needed for ``by="measured"``.
-
-    Returns
-    -------
-    rows : int array (k,)
-        Store rows, highest response first.
-    values : float array (k,)
-        The responses they were ranked by.
-    """
-    all_weights = _step_array(store, "encoder", "effective_weights")
-    column = _checked_index(voxel, all_weights.shape[1], "voxel", "voxels")
-    if int(k) < 1:
-        raise MineInputError(f"k={k} images were asked for; ask for at least one.")
-    features = _step_array(store, "features", "features")
-    n_images = features.shape[0]
-    if by == "predicted":
-        features = np.asarray(features[...], dtype=np.float32)
-        bias = _step_array(store, "encoder", "effective_bias")[column]
-        values = features @ np.asarray(all_weights[:, column], dtype=np.float32) + bias
-    elif by == "measured":
-        values = _measured_column(responses, n_images, all_weights.shape[1], column)
-    else:
-        raise MineInputError(f"unknown ranking {by!r}; use by='predicted' or by='measured'.")
-    valid = np.flatnonzero(np.isfinite(values))
-    rows = valid[np.argsort(-values[valid], kind="stable")[: int(k)]]
-    return rows, values[rows]
-
-
-def _measured_column(responses, n_images: int, n_voxels: int, column: int) -> np.ndarray:
-    if responses is None:
-        raise MineInputError("ranking by measured response needs `responses`; pass the responses per store row "
-                             "or use by='predicted'.")
-    responses = np.asarray(responses, dtype=np.float64)
-    if responses.shape not in ((n_images,), (n_images, n_voxels)):
-        raise MineInputError(f"responses of shape {responses.shape} do not match the store's {n_images} images "
-                             f"and {n_voxels} voxels; pass (N,) for the voxel or (N, V), one row per store row.")
-    return responses if responses.ndim == 1 else responses[:, column]
-
-
-def _step_array(store, step: str, name: str):
-    """A lazy zarr array of a finished step, refused with advice when the step lacks it."""
-    group = store.group(step)
-    if name not in group:
-        raise MineInputError(f"the {step!r} results in {store.root} have no {name!r} array; recompute that step.")
-    return group[name]
-
-
-def _checked_index(index, size: int, what: str, plural: str) -> int:
-    if not isinstance(index, (int, np.integer)) or isinstance(index, bool) or not 0 <= index < size:
-        raise MineInputError(f"{what} {index!r} is out of range; the store has {plural} 0 to {size - 1}.")
-    return int(index)
-
-
-def _effective_weights(store) -> np.ndarray:
-    """W̃ (D, V) of the store's encoder, read once per fit (a refit replaces encoder.zarr, so its stamp)."""
-    store.require("encoder", "run `napari-mine fit` first.")
-    stat = os.stat(store.root / "encoder.zarr")
-    finished = store.manifest["steps"]["encoder"]["finished"]
-    return _read_effective_weights(str(store.root.resolve()), (finished, stat.st_ino, stat.st_mtime_ns))
-
-
-@functools.lru_cache(maxsize=2)
-def _read_effective_weights(root: str, stamp: tuple) -> np.ndarray:
-    from napari_mine.store import ResultsStore
-
-    weights = np.asarray(_step_array(ResultsStore(root), "encoder", "effective_weights")[...], dtype=np.float32)
-    weights.flags.writeable = False
-    return weights
 
 
 # ---- baselines that run the model (not exact) -------------------------------------------------------------
@@ -517,7 +381,7 @@ def _model_inputs(model_or_backbone, image, weights):
         raise MineInputError(f"weights of shape {weights.shape} are not one voxel's effective weights; pass a "
                              f"vector of the model's {visual.output_dim} embedding dimensions.")
     pixels = image.to(device=parameter.device, dtype=parameter.dtype)
-    return visual, pixels, torch.from_numpy(weights).to(device=parameter.device, dtype=parameter.dtype)[:, None]
+    return visual, pixels, torch.tensor(weights, device=parameter.device, dtype=parameter.dtype)[:, None]
 
 
 def _voxel_response(visual, pixels, voxel):

@@ -37,12 +37,6 @@ def _looks_like_nsd(path: Path) -> bool:
     return any(path.glob("**/nsd_expdesign.mat"))
 
 
-def _dataset_from_store(store):
-    from napari_mine.data import dataset_from_source
-
-    return dataset_from_source(store.manifest["dataset"])
-
-
 def cmd_world(args) -> None:
     from napari_mine.synthetic.write_nsd import write_world
 
@@ -52,7 +46,7 @@ def cmd_world(args) -> None:
 
 def cmd_features(args) -> None:
     from napari_mine.models.backbone import load_backbone
-    from napari_mine.pipeline import compute_features, model_record
+    from napari_mine.pipeline import compute_features
     from napari_mine.store import ResultsStore
 
     dataset = _load_dataset(args.data, args.layout, args.subject)
@@ -64,7 +58,8 @@ def cmd_features(args) -> None:
         client = connect(args.dask)
         print(f"decomposing on the Dask cluster {client.dashboard_link}")
     try:
-        store = ResultsStore.create(args.out, model=model_record(backbone), dataset=dataset.source)
+        store = ResultsStore.create(args.out, model=backbone.record, dataset=dataset.source,
+                                    checkpoint=args.checkpoint)
         n = compute_features(dataset, backbone, store, batch_size=args.batch_size, client=client,
                              checkpoint=args.checkpoint, on_progress=_progress("features"))
     finally:
@@ -75,122 +70,75 @@ def cmd_features(args) -> None:
 
 def cmd_fit(args) -> None:
     from napari_mine.pipeline import fit_encoder_step
+    from napari_mine.results import Results
     from napari_mine.store import ResultsStore
 
-    store = ResultsStore.open(args.results)
-    dataset = _dataset_from_store(store)
-    summary = fit_encoder_step(dataset, store)
-    store.update_summary("encoder", summary)
-    for name, value in summary["median_nc_r_by_roi"].items():
-        print(f"{name:>12}: median noise-ceiling-normalised r = {value:.3f}" if value is not None else name)
-
-
-def _backbone_for(store, checkpoint=None, device="auto"):
-    """The model that made `store`, refused if the weights differ from the ones recorded."""
-    from napari_mine.models.backbone import load_backbone
-    from napari_mine.pipeline import model_record
-
-    recorded = store.manifest["model"]
-    backbone = load_backbone(recorded["name"], pretrained=None if checkpoint else recorded.get("pretrained"),
-                             checkpoint=checkpoint, device=device)
-    store.check_model(model_record(backbone)["id"])
-    return backbone
-
-
-def _concept_space(vocabulary: str, backbone):
-    from napari_mine.vocabulary import concept_space, general_vocabulary, synthetic_vocabulary, vocabulary_from_file
-
-    if vocabulary == "synthetic":
-        chosen = synthetic_vocabulary()
-    elif vocabulary == "general":
-        chosen = general_vocabulary()
-    else:
-        chosen = vocabulary_from_file(vocabulary)
-    return concept_space(chosen, backbone)
+    dataset = Results.open(args.results).dataset()
+    summary = fit_encoder_step(dataset, ResultsStore.open(args.results))
+    with_ceiling = summary["median_nc_r_all"] is not None
+    measure, key = ("noise-ceiling-normalised r", "median_nc_r_by_roi") if with_ceiling else ("r", "median_r_by_roi")
+    for name, value in summary[key].items():
+        print(f"{name:>12}: median {measure} = {value:.3f}" if value is not None else f"{name:>12}: no finite value")
 
 
 def cmd_attribute(args) -> None:
     import numpy as np
 
-    from napari_mine.attribution import spatial_fraction, to_patch_grid, whole_brain_map
-    from napari_mine.store import ResultsStore
+    from napari_mine.results import Results
 
-    store = ResultsStore.open(args.results)
-    store.require("encoder", "run `napari-mine fit` first.")
-    scores = whole_brain_map(store, args.image, grid=False)  # (T, V), checks the image row
-    n_voxels = scores.shape[1]
-    if not 0 <= args.voxel < n_voxels:
-        raise MineInputError(f"voxel {args.voxel} is out of range; the encoder has voxels 0 to {n_voxels - 1}.")
-    tokens = np.asarray(store.group("features")["tokens"][args.image])
-    rest = np.asarray(store.group("features")["rest"][args.image])
-    weights = store.array("encoder", "effective_weights")[:, args.voxel]
-    bias = float(store.array("encoder", "effective_bias")[args.voxel])
-    grid = to_patch_grid(scores[:, args.voxel])
-    fraction = float(np.squeeze(spatial_fraction(tokens, rest, weights, bias)))
-    np.save(args.out, grid)
-    print(f"image {args.image}, voxel {args.voxel}: predicted {float(scores[:, args.voxel].sum() + rest @ weights + bias):.3f};"
-          f" patch terms carry {100 * fraction:.1f}% of the attribution; {grid.shape[0]}x{grid.shape[1]} map written"
-          f" to {args.out}")
+    results = Results.open(args.results)
+    results.require("encoder", "run `napari-mine fit` first.")
+    attribution = results.image_map(args.voxel, args.image)
+    np.save(args.out, attribution.grid_map)
+    side = attribution.grid_map.shape
+    print(f"image {args.image}, voxel {args.voxel}: predicted {attribution.predicted:.3f}; patch terms carry "
+          f"{100 * attribution.spatial_fraction:.1f}% of the attribution; {side[0]}x{side[1]} map written to {args.out}")
 
 
 def cmd_describe(args) -> None:
-    from napari_mine.describe import describe_from_store
-    from napari_mine.store import ResultsStore
+    from napari_mine.results import Results
 
-    store = ResultsStore.open(args.results)
-    space = _concept_space(args.vocabulary, _backbone_for(store, args.checkpoint))
-    description = describe_from_store(store, space, args.image, args.voxel)
+    results = Results.open(args.results)
+    space = results.concept_space(args.vocabulary, args.checkpoint)
+    description = results.describe(args.image, args.voxel, space)
     print(f"image {args.image}, voxel {args.voxel}: {description.text or '(no positive attribution)'}")
     for concept, score in zip(description.concepts, description.scores):
         print(f"  {score:7.3f}  {concept}")
 
 
 def cmd_profile(args) -> None:
-    from napari_mine.describe import profiles_from_store, roi_clusters_from_store, roi_profiles_from_store, \
-        save_profiles, top_concepts
+    from napari_mine.describe import top_concepts
+    from napari_mine.pipeline import profile_step
+    from napari_mine.results import Results
     from napari_mine.store import ResultsStore
 
+    space = Results.open(args.results).concept_space(args.vocabulary, args.checkpoint)
     store = ResultsStore.open(args.results)
-    space = _concept_space(args.vocabulary, _backbone_for(store, args.checkpoint))
-    profiles = profiles_from_store(store, space, top_k=args.top_k)
-    save_profiles(store, profiles, space, {"top_k": args.top_k})
+    profiles, by_label = profile_step(store, space, top_k=args.top_k, rois=args.roi or None)
     print(f"profiles of {len(profiles.voxels)} voxels written to {store.root / 'profiles.zarr'}")
-    for roi in args.roi:
-        for name, profile in roi_profiles_from_store(store, profiles, roi).items():
-            concepts = ", ".join(f"{c} ({v:.2f})" for c, v in top_concepts(profile, profiles.concepts, 3))
-            path = store.root / "clusters" / f"{name}.nii.gz"
-            clustering = roi_clusters_from_store(store, profiles, roi, name, path)
-            print(f"{name:>10}: {concepts}; {clustering.k} sub-populations -> {path}")
+    for roi in by_label:
+        concepts = ", ".join(f"{c} ({v:.2f})" for c, v in top_concepts(roi.profile, profiles.concepts, 3))
+        print(f"{roi.label:>10}: {concepts}; {roi.clustering.k} sub-populations -> {roi.path}")
 
 
 def cmd_validate(args) -> None:
-    from napari_mine.store import ResultsStore
-    from napari_mine.validate import N_VOXELS, run_validation
+    from napari_mine.pipeline import validate_step
+    from napari_mine.results import Results
 
-    store = ResultsStore.open(args.results)
-    backbone = _backbone_for(store, args.checkpoint)
-    truth, images = None, None
-    if args.generator == "procedural":
-        from napari_mine.generate import ProceduralGenerator
-        from napari_mine.synthetic.write_nsd import load_truth
-
-        world = Path(store.manifest["dataset"].get("root", ""))
-        generator = ProceduralGenerator.from_world(world)
-        truth = load_truth(world)
-    else:
+    results = Results.open(args.results)
+    generator = None
+    if args.generator == "diffusers":
         from napari_mine.generate import DiffusionGenerator
 
         if not args.model:
             raise MineInputError("--generator diffusers needs --model: a diffusers model id in your cache or a "
                                  "local folder saved with save_pretrained.")
         generator = DiffusionGenerator.load(args.model, edit_model=args.edit_model, steps=args.steps)
-        images = _dataset_from_store(store).images
-    n_voxels = N_VOXELS if args.voxels is None else args.voxels
-    summary = run_validation(store, backbone, generator, truth, images=images, n_voxels=n_voxels, seed=args.seed,
-                             on_progress=_progress("experiments"))
+    summary = validate_step(results, generator=generator, backbone=results.backbone(args.checkpoint), seed=args.seed,
+                            n_voxels=args.voxels, on_progress=_progress("experiments"))
     for name in ("removal_sign_accuracy", "insertion_sign_accuracy", "profile_vs_image_insertion_delta_ratio"):
         print(f"{name}: {summary.get(name)}")
-    print(f"validation written to {store.root / 'summary.json'} and {store.root / 'figures'}")
+    print(f"validation written to {results.root / 'summary.json'} and {results.root / 'figures'}")
 
 
 def cmd_view(args) -> None:
@@ -208,6 +156,13 @@ def cmd_demo(args) -> None:
         from napari_mine.viewer import view_results
 
         view_results(args.out)
+
+
+def _general_size() -> int:
+    """The number of concepts in the shipped general vocabulary (counted, so the help never goes stale)."""
+    from napari_mine.vocabulary import GENERAL_VOCABULARY_FILE, read_concepts
+
+    return len(read_concepts(GENERAL_VOCABULARY_FILE))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--out", default="attribution.npy", help="where to save the (g, g) map")
     attribute.set_defaults(run=cmd_attribute)
 
-    vocabulary_help = "synthetic, general (the shipped ~2,000 concepts) or a text file with one concept per line"
+    vocabulary_help = (f"synthetic, general (the shipped {_general_size():,} concepts) or a text file with one concept "
+                       "per line")
     describe = commands.add_parser("describe", help="what drives a voxel on one image, in words")
     describe.add_argument("results")
     describe.add_argument("--image", type=int, required=True)
@@ -259,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("results")
     profile.add_argument("--vocabulary", default="synthetic", help=vocabulary_help)
     profile.add_argument("--top-k", type=int, default=20, help="top images per voxel")
-    profile.add_argument("--roi", nargs="*", default=["floc-faces", "floc-places", "floc-bodies", "floc-words"])
+    profile.add_argument("--roi", nargs="*", default=None,
+                         help="ROI volumes to profile and cluster (default: the category ROIs these results have)")
     profile.add_argument("--checkpoint", default=None)
     profile.set_defaults(run=cmd_profile)
 

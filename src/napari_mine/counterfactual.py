@@ -48,7 +48,7 @@ class Counterfactual:
 def edit_for_voxel(study, voxel: int, row: int, action: str, *, concept: str | None = None, space=None,
                    mask_fraction: float | None = None, seed: int = 0, on_progress=None,
                    should_stop=None) -> Counterfactual:
-    """Edit store image ``row`` for ``voxel`` and predict every voxel's response to the original and the edit.
+    """Edit image ``row`` for ``voxel`` and predict every voxel's response to the original and the edit.
 
     ``"remove"`` takes out what lies under the high-attribution region (the top ``mask_fraction`` of the
     voxel's exact map on the image, cut to its connected part around the peak); ``"insert"`` puts ``concept``
@@ -60,7 +60,7 @@ def edit_for_voxel(study, voxel: int, row: int, action: str, *, concept: str | N
     study : validate.Study
         From :func:`napari_mine.validate.open_study` (a truth there adds the true brain's Δ).
     voxel, row : int
-        Encoder column and store row.
+        Encoder column and feature row.
     action : {"remove", "insert", "regenerate"}
     concept : str, optional
         What an insertion puts in (e.g. from :func:`profile_concepts`).
@@ -81,55 +81,46 @@ def edit_for_voxel(study, voxel: int, row: int, action: str, *, concept: str | N
     from napari_mine.attribution import patch_attribution, to_patch_grid
     from napari_mine.describe import describe_image
     from napari_mine.generate.base import image_seeds, stop_if_asked
-    from napari_mine.validate import attribution_masks, checked_space, edit_scene
+    from napari_mine.validate import attribution_masks, checked_space
 
     if action not in ACTIONS:
         raise MineInputError(f"Unknown edit {action!r}; use one of {', '.join(ACTIONS)}.")
     n_rows, n_voxels = len(study.features), study.weights.shape[1]
     if not (0 <= voxel < n_voxels and 0 <= row < n_rows):
-        raise MineInputError(f"Voxel {voxel} or image {row} is not in this store; choose a voxel in 0..{n_voxels - 1} "
-                             f"and an image in 0..{n_rows - 1}.")
+        raise MineInputError(f"Voxel {voxel} or image {row} is not in these results; choose a voxel in "
+                             f"0..{n_voxels - 1} and an image in 0..{n_rows - 1}.")
     text = (concept or "").strip() if action == "insert" else ""
     if action == "insert" and not text:
         raise MineInputError("An insertion needs a concept; type one or pick one from the voxel's profile.")
     generator, weight = study.generator, study.weights[:, voxel]
     tokens = study.tokens([row])[0]
-    original = study.originals([row])[0]
-    subject = study.scenes([row])[0] if study.scene_based else original
-    mask, scene = None, None
+    original = study.originals([row])[0]  # an Edit: the image as the generator sees it (and its scene)
+    progress = {"on_progress": on_progress, "should_stop": should_stop}
+    mask = None
     if action == "regenerate":
         text = describe_image(tokens, weight, checked_space(study, space)).text
         if not text:
             raise MineInputError(f"No patch of image {row} raises voxel {voxel}'s response, so there is no "
                                  "description to regenerate from; choose one of the voxel's top images.")
-        if study.scene_based:
-            scene = generator.scenes_from_descriptions([text], seed)[0]
-        else:
-            edited = generator.generate([text], seed, on_progress=on_progress, should_stop=should_stop)[0]
+        edited = generator.generate([text], seed, **progress)[0]
     else:
         fraction = MASK_FRACTION[action] if mask_fraction is None else mask_fraction
         grid = to_patch_grid(patch_attribution(tokens, weight))
         mask = attribution_masks(study, grid[None], fraction, 0, 0)[0]
         image_seed = image_seeds(seed, 1)[0]
-        if study.scene_based:
-            scene = edit_scene(generator, action, subject, mask, text, image_seed)
-        elif action == "remove":
-            edited = generator.remove(original[None], mask[None], seed=image_seed, on_progress=on_progress,
-                                      should_stop=should_stop)[0]
+        if action == "remove":
+            edited = generator.remove([original], mask[None], seed=image_seed, **progress)[0]
         else:
-            edited = generator.insert(original[None], mask[None], [text], seed=image_seed, on_progress=on_progress,
-                                      should_stop=should_stop)[0]
-    if scene is not None:
-        edited = generator.render([scene], on_progress=on_progress, should_stop=should_stop)[0]
+            edited = generator.insert([original], mask[None], [text], seed=image_seed, **progress)[0]
     stop_if_asked(should_stop)
-    embeddings = study.backbone.encode_image(np.stack([original, np.asarray(edited)])).float().cpu().numpy()
+    embeddings = study.backbone.encode_image(np.stack([original.image, edited.image])).float().cpu().numpy()
     responses = (embeddings @ study.weights + study.bias).astype(np.float32)
     true_delta = None
     if study.truth is not None:
-        true = study.true([subject, scene], np.array([voxel, voxel]))
+        true = study.true([original, edited], np.array([voxel, voxel]))
         true_delta = float(true[1] - true[0])
-    return Counterfactual(int(voxel), int(row), action, text, original, np.asarray(edited, np.uint8), mask,
-                          responses, true_delta)
+    return Counterfactual(int(voxel), int(row), action, text, original.image, np.asarray(edited.image, np.uint8),
+                          mask, responses, true_delta)
 
 
 def profile_concepts(scores, vocabulary, n: int = N_PROFILE_CONCEPTS) -> list[str]:

@@ -12,9 +12,10 @@ from typing import Callable
 
 import numpy as np
 
+from napari_mine.data.nsd import CATEGORY_ROIS
+
 DEMO_IMAGES = 2500
 DECOMPOSITION_CHECK_IMAGES = 32
-CATEGORY_ROIS = ("floc-faces", "floc-places", "floc-bodies", "floc-words")
 EXAMPLE_ROIS = ("FFA-1", "OFA", "PPA", "OPA", "EBA", "FBA-1", "VWFA-1", "OWFA")
 
 
@@ -38,8 +39,7 @@ def run_demo(out: str | Path, *, seed: int = 0, n_images: int | None = None,
     """Run the whole demo into `out`; returns the path of `summary.json`."""
     from napari_mine.data import load_nsd
     from napari_mine.models.backbone import load_backbone
-    from napari_mine.pipeline import compute_features, fit_encoder_step, model_record
-    from napari_mine.report import write_report
+    from napari_mine.pipeline import compute_features, fit_encoder_step, report_step, validate_step
     from napari_mine.report_validation import validation_html
     from napari_mine.store import ResultsStore
     from napari_mine.synthetic.write_nsd import write_world
@@ -57,7 +57,7 @@ def run_demo(out: str | Path, *, seed: int = 0, n_images: int | None = None,
     start = time.perf_counter()
     dataset = load_nsd(world, subject=1)
     backbone = load_backbone("mine-small")
-    store = ResultsStore.create(out, model=model_record(backbone), dataset=dataset.source)
+    store = ResultsStore.create(out, model=backbone.record, dataset=dataset.source)
     timings["load_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -68,12 +68,11 @@ def run_demo(out: str | Path, *, seed: int = 0, n_images: int | None = None,
 
     start = time.perf_counter()
     log("fitting the voxelwise encoder")
-    encoder_summary = fit_encoder_step(dataset, store)
+    fit_encoder_step(dataset, store)
     timings["fit_s"] = time.perf_counter() - start
 
     check = dataset.images[np.arange(min(DECOMPOSITION_CHECK_IMAGES, len(dataset.images)))]
     store.update_summary("decomposition_max_rel_error", decomposition_error(backbone, check))
-    store.update_summary("encoder", encoder_summary)
 
     start = time.perf_counter()
     log("profiles, ROI analysis and ground-truth scores")
@@ -82,31 +81,20 @@ def run_demo(out: str | Path, *, seed: int = 0, n_images: int | None = None,
 
     start = time.perf_counter()
     log("causal validation: generation and counterfactual edits, measured with the true brain too")
-    validation = validate_with_world(store, backbone, world, seed=seed)
+    validation = validate_step(store.results(), backbone=backbone, seed=seed)
     timings["validation_s"] = time.perf_counter() - start
 
     summary = store.update_summary("timings", {k: round(v, 2) for k, v in timings.items()})
     log("writing the report")
-    write_report(store, dataset.roi_of_voxels(), summary, title="napari-mine demo: synthetic world",
-                 extra_figures=figures, extra_html=validation_html(validation, store.root))
+    report_step(store.results(), summary, title="napari-mine demo: synthetic world", extra_figures=figures,
+                extra_html=validation_html(validation, store.root))
     return store.root / "summary.json"
-
-
-def validate_with_world(store, backbone, world: Path, *, seed: int = 0) -> dict:
-    """The validation experiments with the world's renderer as generator and its brain as the truth."""
-    from napari_mine.generate import ProceduralGenerator
-    from napari_mine.synthetic.write_nsd import load_truth
-    from napari_mine.validate import run_validation
-
-    return run_validation(store, backbone, ProceduralGenerator.from_world(world), load_truth(world), seed=seed)
 
 
 def interpret(store, dataset, backbone, world: Path, *, seed: int = 0) -> list[tuple[str, Path]]:
     """Profiles, ROI profiles and clusters, scored against the world's truth; returns the report's figures."""
-    import nibabel as nib
-
-    from napari_mine.describe import (profiles_from_store, roi_clusters_from_store, roi_profiles_from_store,
-                                      save_profiles, top_concepts)
+    from napari_mine.describe import labels_volume, top_concepts
+    from napari_mine.pipeline import profile_step
     from napari_mine.report import (attribution_overlays_figure, best_voxel_per_roi, cluster_map_figure,
                                     profile_charts_figure)
     from napari_mine.synthetic.scoring import score_interpretation
@@ -114,35 +102,32 @@ def interpret(store, dataset, backbone, world: Path, *, seed: int = 0) -> list[t
     from napari_mine.vocabulary import concept_space, synthetic_vocabulary
 
     space = concept_space(synthetic_vocabulary(), backbone)
-    profiles = profiles_from_store(store, space)
-    save_profiles(store, profiles, space)
+    profiles, by_label = profile_step(store, space, rois=CATEGORY_ROIS, seed=seed)
+    results = store.results()
     figures_dir = store.root / "figures"
     figures_dir.mkdir(exist_ok=True)
 
     roi_charts, cluster_volume = {}, None
-    for roi in CATEGORY_ROIS:
-        for name, profile in roi_profiles_from_store(store, profiles, roi).items():
-            roi_charts[name] = top_concepts(profile, profiles.concepts, 6)
-            path = store.root / "clusters" / f"{name}.nii.gz"
-            roi_clusters_from_store(store, profiles, roi, name, path, seed=seed)
-            volume = np.asarray(nib.load(path).dataobj)
-            cluster_volume = volume if cluster_volume is None else np.where(volume > 0, volume, cluster_volume)
+    for roi in by_label:
+        roi_charts[roi.label] = top_concepts(roi.profile, profiles.concepts, 6)
+        volume = labels_volume(roi.clustering.labels, results.space.mask, roi.targets)
+        cluster_volume = volume if cluster_volume is None else np.where(volume > 0, volume, cluster_volume)
 
-    roi_of_voxel = dataset.roi_of_voxels()
-    examples = best_voxel_per_roi(store, roi_of_voxel, [name for name in EXAMPLE_ROIS if name in roi_charts])
+    roi_of_voxel = results.space.roi_of_targets()
+    examples = best_voxel_per_roi(results, roi_of_voxel, [name for name in EXAMPLE_ROIS if name in roi_charts])
     voxel_charts = {f"{roi} voxel {voxel}": profiles.ranked(int(np.flatnonzero(profiles.voxels == voxel)[0]), 6)
                     for roi, voxel in examples.items()}
 
-    for key, value in score_interpretation(store, dataset, load_truth(world), backbone, seed=seed).items():
+    for key, value in score_interpretation(results, dataset, load_truth(world), backbone, seed=seed).items():
         store.update_summary(key, value)
     return [
         ("Exact attribution on each ROI's top images",
-         attribution_overlays_figure(store, dataset.images, examples, figures_dir / "attribution_top_images.png")),
+         attribution_overlays_figure(results, results.images, examples, figures_dir / "attribution_top_images.png")),
         ("Per-ROI profiles (MINE)", profile_charts_figure(roi_charts, figures_dir / "roi_profiles.png",
                                                           "ROI profiles: mean of voxel profiles")),
         ("Per-voxel profiles (each ROI's best-predicted voxel)",
          profile_charts_figure(voxel_charts, figures_dir / "voxel_profiles.png", "voxel profiles")),
-        ("Within-ROI clusters", cluster_map_figure(store, cluster_volume, figures_dir / "clusters.png")),
+        ("Within-ROI clusters", cluster_map_figure(results, cluster_volume, figures_dir / "clusters.png")),
     ]
 
 

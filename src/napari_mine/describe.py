@@ -21,18 +21,18 @@ For an image's token contributions ``C`` (T, D) and a voxel's effective weights 
   Its colour word qualifies the *object* the region is part of, so colour presence is read in a window of the
   world's mean object radius around the region's centre: the region is the object's most voxel-driving part,
   which need not show its colour (a face voxel's region is the skin and eyes; the face's colour is its hair).
+  The world's object sizes and position phrases come with the vocabulary (``Vocabulary.phrasing``).
 * **Profile.** A voxel's profile is the mean of its per-image scores over its top-k images (by predicted
   response), weighted by each region's attribution mass. Since drive does not depend on the image, this is
   ``max(drive, 0)`` times the mass-weighted mean of ``max(presence, 0)``: the voxel's text-space tuning kept
   where its best images' high-attribution regions actually show the concept. The baseline beside it is the
   direct projection ``w̃ · e_k`` on the text embeddings (the text-space analogue of BrainSCUBA).
 
-The core functions take arrays; the ``*_from_store`` helpers read a :class:`~napari_mine.store.ResultsStore`.
+The functions take arrays; :class:`~napari_mine.results.Results` reads a results folder and calls them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass
@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_mine.attribution import grid_side, patch_attribution
 from napari_mine.errors import MineInputError
-from napari_mine.store import write_arrays
 from napari_mine.vocabulary import ConceptSpace, Vocabulary
 
 DEFAULT_MASS = 0.5
@@ -60,23 +60,6 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 # ----------------------------------------------------------------------------------------------- scoring
-
-
-def token_attribution(tokens: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Each token's contribution projected on the voxel's effective weights.
-
-    Parameters
-    ----------
-    tokens : float (..., T, D)
-        Token contributions.
-    weights : float (..., D)
-        Effective weights w̃ (one voxel per leading index).
-
-    Returns
-    -------
-    float (..., T)
-    """
-    return (tokens @ weights[..., None])[..., 0]
 
 
 def high_attribution_region(attribution: np.ndarray, mass: float = DEFAULT_MASS) -> np.ndarray:
@@ -204,7 +187,7 @@ def describe_image(tokens: np.ndarray, weight: np.ndarray, space: ConceptSpace, 
     Description
     """
     tokens, weight = _checked_image_inputs(tokens, weight, space)
-    attribution = token_attribution(tokens, weight)
+    attribution = patch_attribution(tokens, weight)
     region = np.zeros(len(tokens), dtype=bool)
     region[n_prefix_tokens:] = high_attribution_region(attribution[n_prefix_tokens:], mass)
     vector = region_vector(tokens, region)
@@ -223,28 +206,28 @@ def describe_image(tokens: np.ndarray, weight: np.ndarray, space: ConceptSpace, 
 def region_presence(tokens: np.ndarray, attribution: np.ndarray, region: np.ndarray, space: ConceptSpace,
                     n_prefix_tokens: int = N_PREFIX_TOKENS) -> np.ndarray:
     """Presence of each concept (K,): in the region's vector, except for the groups of ``OBJECT_GROUPS``
-    (colour), read in the :func:`object_window` around the region."""
+    (colour), read in the :func:`object_window` around the region when the vocabulary's phrasing knows the
+    world's object sizes."""
     presence = concept_presence(region_vector(tokens, region), space.directions, space.group_columns)
     columns = np.flatnonzero(np.isin(space.vocabulary.groups, OBJECT_GROUPS))
-    if columns.size:
-        around = object_window(attribution, region, n_prefix_tokens) @ tokens
+    radius = space.vocabulary.phrasing.object_radius
+    if columns.size and radius is not None:
+        around = object_window(attribution, region, n_prefix_tokens, radius=radius) @ tokens
         presence[columns] = concept_presence(around, space.directions, space.group_columns)[columns]
     return presence
 
 
-def object_window(attribution: np.ndarray, region: np.ndarray, n_prefix_tokens: int = N_PREFIX_TOKENS) -> np.ndarray:
+def object_window(attribution: np.ndarray, region: np.ndarray, n_prefix_tokens: int = N_PREFIX_TOKENS, *,
+                  radius: float) -> np.ndarray:
     """Token weights (T,) of a Gaussian window around the region's centre (:func:`region_centre`), zero on the
-    prefix tokens: where the object the region belongs to lies. Its standard deviation is the synthetic
-    world's mean object radius (half the mean of ``scenes.SIZE_RANGE``), the grammar whose colour words the
-    caption-style text uses."""
-    from napari_mine.synthetic.scenes import SIZE_RANGE
-
+    prefix tokens: where the object the region belongs to lies. Its standard deviation ``radius`` (image
+    fraction) is the world's mean object radius, ``Vocabulary.phrasing.object_radius``."""
     y, x = region_centre(attribution, region, n_prefix_tokens)
-    side = _grid_side(len(attribution) - n_prefix_tokens)
+    side = grid_side(len(attribution), n_prefix_tokens)
     centres = (np.arange(side) + 0.5) / side
     squared = (centres[:, None] - y) ** 2 + (centres[None, :] - x) ** 2
     window = np.zeros(len(attribution), np.float32)
-    window[n_prefix_tokens:] = np.exp(-squared / (2 * (np.mean(SIZE_RANGE) / 2) ** 2)).ravel()
+    window[n_prefix_tokens:] = np.exp(-squared / (2 * radius ** 2)).ravel()
     return window
 
 
@@ -259,20 +242,12 @@ def region_centre(attribution: np.ndarray, region: np.ndarray,
     patches, weighted by their positive attribution (patches follow the prefix tokens row-major on a square
     grid)."""
     weights = np.where(region, np.maximum(attribution, 0), 0)[n_prefix_tokens:]
-    side = _grid_side(len(weights))
+    side = grid_side(len(attribution), n_prefix_tokens)
     grid = weights.reshape(side, side)
     if grid.sum() <= 0:
         raise MineInputError("The region has no positive attribution, so it has no place in the image.")
     centres = (np.arange(side) + 0.5) / side
     return float(grid.sum(axis=1) @ centres / grid.sum()), float(grid.sum(axis=0) @ centres / grid.sum())
-
-
-def _grid_side(n_patches: int) -> int:
-    side = int(round(np.sqrt(n_patches)))
-    if side * side != n_patches:
-        raise MineInputError(f"{n_patches} patch tokens do not form a square grid; give n_prefix_tokens so "
-                             "that the rest are the g × g patches.")
-    return side
 
 
 def description_text(scores: np.ndarray, presence: np.ndarray, vocabulary: Vocabulary,
@@ -281,12 +256,13 @@ def description_text(scores: np.ndarray, presence: np.ndarray, vocabulary: Vocab
 
     A vocabulary with a ``"category"`` group gets a caption-style phrase: the best-scoring category,
     qualified by the attribute of each other group most present in the region (where one is present above
-    the vocabulary's average). With the region's horizontal centre ``x`` (:func:`region_x`) the position
-    word is the world's phrase for that place instead. Any other vocabulary gets its top concepts joined by
-    commas.
+    the vocabulary's average). With the region's horizontal centre ``x`` (:func:`region_x`) and a vocabulary
+    whose phrasing has a ``position_phrase``, the position word is the world's phrase for that place instead.
+    Any other vocabulary gets its top concepts joined by commas.
     """
     ranking = rank_concepts(scores, presence)
     groups = np.asarray(vocabulary.groups)
+    position_phrase = vocabulary.phrasing.position_phrase
     if HEAD_GROUP not in vocabulary.groups:
         return ", ".join(vocabulary.concepts[i] for i in ranking[:TEXT_CONCEPTS])
     words = []
@@ -294,9 +270,7 @@ def description_text(scores: np.ndarray, presence: np.ndarray, vocabulary: Vocab
         members = np.flatnonzero(groups == group)
         if group == HEAD_GROUP:
             words.append(vocabulary.concepts[ranking[np.isin(ranking, members)][0]])
-        elif group == POSITION_GROUP and members.size and x is not None:
-            from napari_mine.synthetic.scenes import position_phrase
-
+        elif group == POSITION_GROUP and members.size and x is not None and position_phrase is not None:
             words.append(position_phrase(x))
         elif members.size and presence[members].max() > 0:
             words.append(vocabulary.concepts[members[np.argmax(presence[members])]])
@@ -408,10 +382,9 @@ def _mean_region_presence(tokens, weights, top, space: ConceptSpace, mass, n_pre
     total_mass = np.zeros(n_voxels, np.float32)
     for start in range(0, n_voxels, VOXEL_CHUNK):
         chunk = slice(start, min(start + VOXEL_CHUNK, n_voxels))
-        chunk_weights = weights[:, chunk].T
         for rank in range(top.shape[0]):
             patches = np.asarray(tokens[top[rank, chunk]], dtype=np.float32)[:, n_prefix_tokens:]
-            attribution = token_attribution(patches, chunk_weights)
+            attribution = patch_attribution(patches, weights[:, chunk], paired=True)
             region = high_attribution_region(attribution, mass)
             region_mass = np.where(region, attribution, 0).sum(axis=-1)
             vectors = region_vector(patches, region)
@@ -552,113 +525,3 @@ def save_labels_nifti(volume: np.ndarray, affine: np.ndarray, path: str | os.Pat
         if os.path.exists(temporary):
             os.remove(temporary)
     return path
-
-
-# ----------------------------------------------------------------------------------------------- results store
-
-
-def describe_from_store(store, space: ConceptSpace, image_row: int, voxel: int, **options) -> Description:
-    """:func:`describe_image` for row ``image_row`` of ``features.zarr`` and encoder voxel ``voxel``."""
-    store.check_model(space.model_id)
-    tokens = store.group("features")["tokens"]
-    weights = store.group("encoder")["effective_weights"]
-    if not (0 <= image_row < tokens.shape[0] and 0 <= voxel < weights.shape[1]):
-        raise MineInputError(f"Image row {image_row} or voxel {voxel} is out of range for {tokens.shape[0]} images "
-                             f"and {weights.shape[1]} voxels in {store.root}.")
-    return describe_image(np.asarray(tokens[image_row]), np.asarray(weights[:, voxel]), space, **options)
-
-
-def profiles_from_store(store, space: ConceptSpace, *, voxels=None, top_k: int = DEFAULT_TOP_K,
-                        mass: float = DEFAULT_MASS, n_prefix_tokens: int = N_PREFIX_TOKENS) -> VoxelProfiles:
-    """Profiles of the store's voxels (all, or ``voxels``), top images ranked by the encoder's prediction.
-
-    Voxels go in blocks, and each block reads only its top images' token contributions, so memory stays
-    bounded whatever the number of images.
-    """
-    store.check_model(space.model_id)
-    features = store.array("features", "features")
-    tokens = store.group("features")["tokens"]
-    weights = store.array("encoder", "effective_weights")
-    bias = store.array("encoder", "effective_bias")
-    voxels = _checked_voxels(voxels, weights.shape[1])
-    blocks = []
-    for start in range(0, len(voxels), STORE_VOXEL_BLOCK):
-        block = voxels[start:start + STORE_VOXEL_BLOCK]
-        top = top_images(features @ weights[:, block] + bias[block], top_k)
-        rows, local = np.unique(top, return_inverse=True)
-        profiles = voxel_profiles(np.asarray(tokens.oindex[rows]), weights[:, block], local.reshape(top.shape),
-                                  space, mass=mass, n_prefix_tokens=n_prefix_tokens, voxels=block)
-        blocks.append(dataclasses.replace(profiles, top_images=rows[profiles.top_images]))
-    return VoxelProfiles(space.vocabulary.concepts, np.concatenate([b.scores for b in blocks]),
-                         np.concatenate([b.baseline for b in blocks]),
-                         np.concatenate([b.top_images for b in blocks], axis=1),
-                         np.concatenate([b.region_mass for b in blocks]), voxels)
-
-
-def save_profiles(store, profiles: VoxelProfiles, space: ConceptSpace, settings: dict | None = None) -> None:
-    """Write ``profiles.zarr`` (scores, baseline, top_images, region_mass, voxels; concepts in its attributes)."""
-    store.check_model(space.model_id)
-    record = {"vocabulary": space.vocabulary.name, "vocabulary_digest": space.vocabulary.digest, **(settings or {})}
-    with store.write_step("profiles", record) as group:
-        write_arrays(group, {"scores": profiles.scores, "baseline": profiles.baseline,
-                             "top_images": profiles.top_images, "region_mass": profiles.region_mass,
-                             "voxels": profiles.voxels}, chunk_rows=STORE_VOXEL_BLOCK)
-        group.attrs["concepts"] = list(profiles.concepts)
-
-
-def load_profiles(store) -> VoxelProfiles:
-    """Read the profiles that :func:`save_profiles` wrote."""
-    group = store.group("profiles")
-    arrays = {name: np.asarray(group[name][...])
-              for name in ("scores", "baseline", "top_images", "region_mass", "voxels")}
-    return VoxelProfiles(tuple(group.attrs["concepts"]), **arrays)
-
-
-def roi_profiles_from_store(store, profiles: VoxelProfiles, roi: str) -> dict[str, np.ndarray]:
-    """Mean profile of each label of ROI volume ``roi`` (e.g. ``"floc-faces"`` → FFA-1, FFA-2, ...)."""
-    voxel_labels, names = _roi_voxel_labels(store, roi)
-    return roi_profiles(profiles.scores, voxel_labels[profiles.voxels], names)
-
-
-def roi_clusters_from_store(store, profiles: VoxelProfiles, roi: str, label: int | str, path: str | os.PathLike, *,
-                            k_range: tuple[int, int] = DEFAULT_K_RANGE, seed: int = 0) -> Clustering:
-    """Cluster the profiles of one ROI label's voxels and write the clusters as a NIfTI labels volume.
-
-    The volume is on the dataset's grid with its affine: 0 outside the ROI, 1..k the clusters.
-    """
-    voxel_labels, names = _roi_voxel_labels(store, roi)
-    by_name = {name: value for value, name in names.items()}
-    value = by_name.get(label, label)
-    if value not in names:
-        raise MineInputError(f"ROI {roi!r} has no label {label!r}; choose one of {sorted(names.values())}.")
-    rows = np.flatnonzero(voxel_labels[profiles.voxels] == value)
-    clustering = cluster_voxels(profiles.scores[rows], k_range, seed)
-    brain = store.group("brain")
-    mask = np.asarray(brain["mask"][...], bool)
-    save_labels_nifti(labels_volume(clustering.labels, mask, profiles.voxels[rows]),
-                      np.asarray(brain["affine"][...]), path)
-    return clustering
-
-
-def _roi_voxel_labels(store, roi: str) -> tuple[np.ndarray, dict[int, str]]:
-    """Label of every masked voxel in ROI volume ``roi``, and that volume's label names."""
-    brain = store.group("brain")
-    tables = store.manifest["steps"]["brain"]["settings"].get("roi_labels", {})
-    if roi not in tables or f"roi/{roi}" not in brain:
-        raise MineInputError(f"{store.root} has no ROI volume {roi!r}; choose one of {sorted(tables)}.")
-    mask = np.asarray(brain["mask"][...], bool)
-    return np.asarray(brain[f"roi/{roi}"][...])[mask], {int(k): name for k, name in tables[roi].items()}
-
-
-def _checked_voxels(voxels, n_voxels: int) -> np.ndarray:
-    if voxels is None:
-        return np.arange(n_voxels)
-    voxels = np.asarray(voxels).ravel()
-    if voxels.dtype == bool:
-        if len(voxels) != n_voxels:
-            raise MineInputError(f"A voxel selection mask needs {n_voxels} entries, got {len(voxels)}; give one "
-                                 "entry per encoder voxel or voxel indices.")
-        voxels = np.flatnonzero(voxels)
-    if not voxels.size or voxels.min() < 0 or voxels.max() >= n_voxels:
-        raise MineInputError(f"Voxel indices must lie in 0..{n_voxels - 1}; pick voxels of this encoder.")
-    return voxels.astype(int)

@@ -1,33 +1,26 @@
-"""The batch steps that turn a dataset into a results store: features, then the encoder fit.
+"""The MINE steps that fill a results folder: features, fit, profile, validate, report.
 
-Each step is one function of a dataset, a model and a store; the CLI and the napari widgets call the same
-functions. Long steps report progress through `on_progress(done, total)` and stop at the next batch when
-`should_stop()` returns True, leaving the store as it was (see `ResultsStore.write_step`).
+Each step is one function; the CLI, the demo and the napari docks call the same ones. A step writes through
+:class:`~napari_mine.store.ResultsStore` (atomically) and reads through
+:class:`~napari_mine.results.Results`. Long steps report progress through `on_progress(done, total)` and
+stop at the next batch when `should_stop()` returns True, leaving the folder as it was
+(see `ResultsStore.write_step`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from napari_mine.data.nsd import CATEGORY_ROIS
 from napari_mine.errors import Cancelled, MineInputError
 from napari_mine.store import ResultsStore, write_arrays
 
 Progress = Callable[[int, int], None] | None
 StopFlag = Callable[[], bool] | None
-
-
-def model_record(backbone) -> dict:
-    """What identifies a backbone in a manifest: name, pretrained tag and weights checksum."""
-    return {
-        "id": f"{backbone.name}:{backbone.pretrained or ''}:{backbone.checksum}",
-        "name": backbone.name,
-        "pretrained": backbone.pretrained,
-        "checksum": backbone.checksum,
-        "embed_dim": int(backbone.embed_dim),
-        "image_size": int(backbone.image_size),
-    }
 
 
 def save_brain(dataset, store: ResultsStore) -> None:
@@ -64,7 +57,7 @@ def compute_features(
     """
     from napari_mine.decompose import decompose_to_store
 
-    store.check_model(model_record(backbone)["id"])
+    store.check_model(backbone.record["id"])
     save_brain(dataset, store)
     n_images = len(dataset.images)
     if n_images == 0:
@@ -103,9 +96,9 @@ def fit_encoder_step(dataset, store: ResultsStore, *, alphas=None, on_progress: 
 
     store.require("features", "run `napari-mine features` first.")
     save_brain(dataset, store)
-    features = store.array("features", "features")
-    stored_ids = store.array("features", "image_ids")
-    if not np.array_equal(stored_ids, np.asarray(dataset.images.ids)):
+    results = store.results()
+    features = results.features()
+    if not np.array_equal(results.image_ids, np.asarray(dataset.images.ids)):
         raise MineInputError(
             f"the features in {store.root} were computed for other images than this dataset's; recompute them "
             "with `napari-mine features` for this dataset."
@@ -135,12 +128,13 @@ def fit_encoder_step(dataset, store: ResultsStore, *, alphas=None, on_progress: 
                 **{f"accuracy/{k}": np.asarray(v, dtype=np.float32) for k, v in scores.items()},
             },
         )
-    return summarize_accuracy(dataset, scores)
+    summary = summarize_accuracy(dataset.roi_of_voxels(), scores)
+    store.update_summary("encoder", summary)
+    return summary
 
 
-def summarize_accuracy(dataset, scores: dict) -> dict:
+def summarize_accuracy(roi_names: np.ndarray, scores: dict) -> dict:
     """Median r and noise-ceiling-normalised r for each labelled ROI (and all voxels)."""
-    roi_names = dataset.roi_of_voxels()
     by_roi_nc, by_roi_r = {}, {}
     for name in sorted({n for n in roi_names if n}):
         in_roi = roi_names == name
@@ -152,6 +146,84 @@ def summarize_accuracy(dataset, scores: dict) -> dict:
         "median_nc_r_all": _nanmedian(scores["normalized_r"]),
         "n_voxels": int(len(scores["r"])),
     }
+
+
+@dataclass
+class RoiProfile:
+    """One ROI label's mean profile and the clusters of its targets' profiles (written as a labels volume)."""
+
+    roi: str
+    label: str
+    profile: np.ndarray  # (K,) mean of its targets' profile scores
+    clustering: object  # describe.Clustering
+    targets: np.ndarray  # the targets clustered
+    path: Path  # the clusters as a NIfTI labels volume
+
+
+def profile_step(store: ResultsStore, space, *, top_k: int | None = None, rois=None, seed: int = 0,
+                 should_stop: StopFlag = None) -> tuple[object, list[RoiProfile]]:
+    """Profile every target in ``space``'s vocabulary, then each ROI label's mean profile and sub-populations.
+
+    Writes ``profiles.zarr`` (with the vocabulary and its digest in the manifest) and one clusters volume per
+    ROI label under ``clusters/``. ``rois`` defaults to the category ROI volumes these results have (any ROI
+    volume when they have none of those).
+    """
+    from napari_mine import describe
+
+    results = store.results()
+    results.require_fit()
+    top_k = top_k or describe.DEFAULT_TOP_K
+    available = results.space.present_labels()
+    if rois is None:
+        rois = [roi for roi in CATEGORY_ROIS if roi in available] or sorted(available)
+    missing = [roi for roi in rois if roi not in available]
+    if missing:
+        raise MineInputError(f"{store.root} has no labelled ROI volume {', '.join(map(repr, missing))}; choose from "
+                             f"{sorted(available)}.")
+    profiles = results.profiles(space, top_k=top_k, use_saved=False)
+    if should_stop is not None and should_stop():
+        raise Cancelled("profiling was cancelled; the results are unchanged.")
+    record = {"vocabulary": space.vocabulary.name, "vocabulary_digest": space.vocabulary.digest, "top_k": top_k}
+    with store.write_step("profiles", record) as group:
+        write_arrays(group, {"scores": profiles.scores, "baseline": profiles.baseline,
+                             "top_images": profiles.top_images, "region_mass": profiles.region_mass,
+                             "voxels": profiles.voxels}, chunk_rows=describe.STORE_VOXEL_BLOCK)
+        group.attrs["concepts"] = list(profiles.concepts)
+    by_label = []
+    for roi in rois:
+        for name, profile in results.roi_profiles(profiles, roi).items():
+            clustering, targets = results.roi_clusters(profiles, roi, name, seed=seed)
+            path = store.root / "clusters" / f"{name}.nii.gz"
+            describe.save_labels_nifti(describe.labels_volume(clustering.labels, results.space.mask, targets),
+                                       results.space.affine, path)
+            by_label.append(RoiProfile(roi, name, profile, clustering, targets, path))
+    return profiles, by_label
+
+
+def validate_step(results, *, generator=None, backbone=None, seed: int = 0, n_voxels: int | None = None,
+                  on_progress: Progress = None) -> dict:
+    """Causal validation (generation from descriptions, removal, insertion) into summary.json and figures.
+
+    Without a ``generator`` the results' synthetic world serves: its renderer edits the scenes and its true
+    brain answers beside the encoder. A pixel generator (diffusers) edits the results' own images.
+    """
+    from napari_mine.validate import N_VOXELS, run_validation, world_validation
+
+    truth, images = None, None
+    if generator is None:
+        generator, truth = world_validation(results)
+    else:
+        images = results.images
+    return run_validation(results, generator, truth, backbone=backbone or results.backbone(), images=images,
+                          n_voxels=n_voxels or N_VOXELS, seed=seed, on_progress=on_progress)
+
+
+def report_step(results, summary: dict, *, title: str = "napari-mine", extra_figures=(), extra_html: str = "") -> Path:
+    """Write ``report.html`` with its figures into the results folder."""
+    from napari_mine.report import write_report
+
+    return write_report(results, results.space.roi_of_targets(), summary, title=title, extra_figures=extra_figures,
+                        extra_html=extra_html)
 
 
 def _nanmedian(values: np.ndarray) -> float | None:

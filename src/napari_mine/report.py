@@ -1,4 +1,4 @@
-"""The HTML report of a results store: figures a researcher checks before trusting the model.
+"""The HTML report of a results folder: figures a researcher checks before trusting the model.
 
 Figures are written as PNG files beside `report.html` and embedded in it, so the page opens anywhere and
 the figures can go into a paper as they are.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_mine.store import ResultsStore
+from napari_mine.results import Results
 
 
 def _figure():
@@ -25,15 +25,13 @@ def _figure():
     return plt
 
 
-def accuracy_slices_figure(store: ResultsStore, path: Path, n_slices: int = 6) -> Path:
+def accuracy_slices_figure(results: Results, path: Path, n_slices: int = 6) -> Path:
     """Axial slices of the noise-ceiling-normalised r over the anatomy."""
     plt = _figure()
-    brain = store.group("brain")
-    mask = np.asarray(brain["mask"][...])
-    nc_r = np.asarray(store.group("encoder")["accuracy/normalized_r"][...])
-    volume = np.full(mask.shape, np.nan, dtype=np.float32)
-    volume[mask] = nc_r
-    anatomy = np.asarray(brain["anatomy"][...]) if "anatomy" in brain else mask.astype(np.float32)
+    mask = results.space.mask
+    volume = results.space.to_volume(results.accuracy["normalized_r"]).astype(np.float32)
+    anatomy = results.anatomy()
+    anatomy = mask.astype(np.float32) if anatomy is None else anatomy
     z_with_voxels = np.flatnonzero(mask.any(axis=(0, 1)))
     slices = np.linspace(z_with_voxels.min(), z_with_voxels.max(), n_slices).round().astype(int)
     fig, axes = plt.subplots(1, n_slices, figsize=(2.4 * n_slices, 3.0))
@@ -48,12 +46,12 @@ def accuracy_slices_figure(store: ResultsStore, path: Path, n_slices: int = 6) -
     return path
 
 
-def accuracy_by_roi_figure(store: ResultsStore, roi_of_voxel: np.ndarray, path: Path) -> Path:
+def accuracy_by_roi_figure(results: Results, roi_of_voxel: np.ndarray, path: Path) -> Path:
     """Test r against the noise ceiling (sqrt NC) per ROI: how much explainable signal the model reaches."""
     plt = _figure()
-    group = store.group("encoder")
-    r = np.asarray(group["accuracy/r"][...])
-    ceiling = np.sqrt(np.clip(np.asarray(group["accuracy/noise_ceiling"][...]), 0, None) / 100)
+    accuracy = results.accuracy
+    r = accuracy["r"]
+    ceiling = np.sqrt(np.clip(accuracy["noise_ceiling"], 0, None) / 100)
     names = sorted({n for n in roi_of_voxel if n})
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     colours = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(names), 1)))
@@ -63,7 +61,7 @@ def accuracy_by_roi_figure(store: ResultsStore, roi_of_voxel: np.ndarray, path: 
     left.plot([0, 1], [0, 1], "k--", lw=1)
     left.set(xlabel="noise ceiling (sqrt NC)", ylabel="test r", title="voxels: accuracy vs ceiling")
     left.legend(fontsize=7, ncol=2, markerscale=2)
-    nc_r = np.asarray(group["accuracy/normalized_r"][...])
+    nc_r = accuracy["normalized_r"]
     data = [nc_r[(roi_of_voxel == name) & np.isfinite(nc_r)] for name in names]
     right.boxplot(data, showfliers=False)
     right.set_xticks(range(1, len(names) + 1), names, rotation=60, fontsize=8)
@@ -74,9 +72,9 @@ def accuracy_by_roi_figure(store: ResultsStore, roi_of_voxel: np.ndarray, path: 
     return path
 
 
-def best_voxel_per_roi(store: ResultsStore, roi_of_voxel: np.ndarray, rois) -> dict[str, int]:
+def best_voxel_per_roi(results: Results, roi_of_voxel: np.ndarray, rois) -> dict[str, int]:
     """The most accurately predicted voxel (noise-ceiling-normalised r) of each ROI in `rois` that has voxels."""
-    nc_r = np.nan_to_num(np.asarray(store.group("encoder")["accuracy/normalized_r"][...]), nan=-np.inf)
+    nc_r = np.nan_to_num(results.accuracy["normalized_r"], nan=-np.inf)
     best = {}
     for name in rois:
         inside = np.flatnonzero(roi_of_voxel == name)
@@ -85,20 +83,17 @@ def best_voxel_per_roi(store: ResultsStore, roi_of_voxel: np.ndarray, rois) -> d
     return best
 
 
-def attribution_overlays_figure(store: ResultsStore, images, voxels: dict[str, int], path: Path, k: int = 4) -> Path:
+def attribution_overlays_figure(results: Results, images, voxels: dict[str, int], path: Path, k: int = 4) -> Path:
     """Each ROI's best voxel: its top-k images (by prediction) with the exact attribution map over them."""
-    from napari_mine.attribution import patch_attribution, to_patch_grid, top_images, upsample
+    from napari_mine.attribution import upsample
 
     plt = _figure()
-    tokens = store.group("features")["tokens"]
-    weights = store.group("encoder")["effective_weights"]
     fig, axes = plt.subplots(len(voxels), k, figsize=(1.9 * k, 2.0 * len(voxels)), squeeze=False)
     for row, (roi, voxel) in enumerate(voxels.items()):
-        rows, _ = top_images(store, voxel, k=k)
-        w = np.asarray(weights[:, voxel])
+        rows, _ = results.top_images(voxel, k=k)
         for ax, image_row in zip(axes[row], rows):
             image = images[int(image_row)]
-            grid = to_patch_grid(patch_attribution(np.asarray(tokens[int(image_row)]), w))
+            grid = results.image_map(voxel, int(image_row)).grid_map
             heat = upsample(grid, image.shape[:2])
             limit = max(float(np.abs(heat).max()), 1e-12)
             ax.imshow(image)
@@ -135,11 +130,11 @@ def profile_charts_figure(profiles_by_name: dict[str, list[tuple[str, float]]], 
     return path
 
 
-def cluster_map_figure(store: ResultsStore, clusters: np.ndarray, path: Path, n_slices: int = 6) -> Path:
+def cluster_map_figure(results: Results, clusters: np.ndarray, path: Path, n_slices: int = 6) -> Path:
     """Within-ROI sub-populations (a labels volume) over the anatomy, on the slices that hold them."""
     plt = _figure()
-    brain = store.group("brain")
-    anatomy = np.asarray(brain["anatomy"][...]) if "anatomy" in brain else np.asarray(brain["mask"][...], float)
+    anatomy = results.anatomy()
+    anatomy = results.space.mask.astype(float) if anatomy is None else anatomy
     z_with = np.flatnonzero((clusters > 0).any(axis=(0, 1)))
     slices = np.unique(np.linspace(z_with.min(), z_with.max(), n_slices).round().astype(int)) if z_with.size \
         else np.array([clusters.shape[2] // 2])
@@ -156,16 +151,16 @@ def cluster_map_figure(store: ResultsStore, clusters: np.ndarray, path: Path, n_
     return path
 
 
-def write_report(store: ResultsStore, roi_of_voxel: np.ndarray, summary: dict, title: str = "napari-mine",
+def write_report(results: Results, roi_of_voxel: np.ndarray, summary: dict, title: str = "napari-mine",
                  extra_figures: list[tuple[str, Path]] = (), extra_html: str = "") -> Path:
     """Write `report.html` (and its figures) into the store's folder; returns the page's path."""
-    figures_dir = store.root / "figures"
+    figures_dir = results.root / "figures"
     figures_dir.mkdir(exist_ok=True)
     figures = [
         ("Accuracy map (noise-ceiling-normalised r over the anatomy)",
-         accuracy_slices_figure(store, figures_dir / "accuracy_slices.png")),
+         accuracy_slices_figure(results, figures_dir / "accuracy_slices.png")),
         ("Accuracy against the noise ceiling, per ROI",
-         accuracy_by_roi_figure(store, roi_of_voxel, figures_dir / "accuracy_by_roi.png")),
+         accuracy_by_roi_figure(results, roi_of_voxel, figures_dir / "accuracy_by_roi.png")),
         *extra_figures,
     ]
     rows = "".join(
@@ -178,19 +173,18 @@ def write_report(store: ResultsStore, roi_of_voxel: np.ndarray, summary: dict, t
         f"{base64.b64encode(path.read_bytes()).decode()}' style='max-width:100%'>"
         for caption, path in figures
     )
-    manifest = store.manifest
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td{{padding:2px 12px}}
 pre{{background:#f4f4f4;padding:1em;overflow:auto}}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>Model <b>{html.escape(str(manifest['model'].get('name')))}</b>; decomposition max relative error
+<p>Model <b>{html.escape(results.manifest.model.name)}</b>; decomposition max relative error
 {summary.get('decomposition_max_rel_error', float('nan')):.2e}.</p>
 <h2>Median noise-ceiling-normalised r per ROI (held-out images)</h2><table>{rows}</table>
 {blocks}
 {extra_html}
 <h2>summary.json</h2><pre>{html.escape(json.dumps(summary, indent=2))}</pre>
 </body></html>"""
-    path = store.root / "report.html"
+    path = results.root / "report.html"
     tmp = path.with_suffix(".html.tmp")
     tmp.write_text(page)
     tmp.replace(path)

@@ -28,11 +28,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from napari_mine.errors import MineInputError
-
-FORMAT = "napari-mine-results"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-
+from napari_mine.results import MANIFEST, Manifest, Results
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -52,63 +48,64 @@ def _json_default(value: Any) -> Any:
 
 
 class ResultsStore:
-    """A results directory: read what was computed, add a step atomically."""
+    """A results directory being written: add a step atomically; read it back through :class:`Results`."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self._manifest: tuple[tuple, Manifest] | None = None
 
     # ---- creation and manifest -------------------------------------------------------------
     @classmethod
-    def create(cls, root: str | os.PathLike, *, model: dict, dataset: dict) -> "ResultsStore":
-        """Start a store for `dataset` and `model` (plain dicts that identify them)."""
+    def create(cls, root: str | os.PathLike, *, model: dict, dataset: dict,
+               checkpoint: str | os.PathLike | None = None) -> "ResultsStore":
+        """Start a store for `dataset` and `model` (plain records that identify them).
+
+        ``checkpoint`` is the local weights file the model was loaded from; it is recorded so that opening
+        the results later finds the same weights without asking.
+        """
         store = cls(root)
         store.root.mkdir(parents=True, exist_ok=True)
+        checkpoint = None if checkpoint is None else str(Path(checkpoint).expanduser().resolve())
         if (store.root / MANIFEST).exists():
             existing = store.manifest
-            if existing.get("model", {}).get("id") != model.get("id"):
+            if existing.model.id != model.get("id"):
                 raise MineInputError(
-                    f"{store.root} already holds results of model {existing['model'].get('id')!r}, not "
+                    f"{store.root} already holds results of model {existing.model.id!r}, not "
                     f"{model.get('id')!r}; choose another --out folder or delete that one."
                 )
+            if checkpoint and checkpoint != existing.model.checkpoint:
+                store._write_manifest(existing.with_checkpoint(checkpoint))
             return store
-        _write_json_atomic(
-            store.root / MANIFEST,
-            {
-                "format": FORMAT,
-                "version": FORMAT_VERSION,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "model": model,
-                "dataset": dataset,
-                "steps": {},
-            },
-        )
+        manifest = Manifest.new(model, dataset, time.strftime("%Y-%m-%dT%H:%M:%S"))
+        store._write_manifest(manifest.with_checkpoint(checkpoint))
         return store
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> "ResultsStore":
         """Open an existing store, refusing folders that are not one or are of another format version."""
         store = cls(root)
-        path = store.root / MANIFEST
-        if not path.is_file():
-            raise MineInputError(f"{store.root} is not a napari-mine results folder (no {MANIFEST}); run "
-                                 "`napari-mine features` and `napari-mine fit` to make one.")
-        manifest = store.manifest
-        if manifest.get("format") != FORMAT:
-            raise MineInputError(f"{path} is not a napari-mine manifest; open a folder made by napari-mine.")
-        if manifest.get("version") != FORMAT_VERSION:
-            raise MineInputError(
-                f"{store.root} was written in results format {manifest.get('version')}, this napari-mine reads "
-                f"format {FORMAT_VERSION}; recompute it with `napari-mine features` and `napari-mine fit`."
-            )
+        store.manifest  # noqa: B018 - parsing checks the format and version
         return store
 
     @property
-    def manifest(self) -> dict:
-        with open(self.root / MANIFEST) as handle:
-            return json.load(handle)
+    def manifest(self) -> Manifest:
+        """The typed manifest, parsed again only when the file changed."""
+        path = self.root / MANIFEST
+        try:
+            stat = os.stat(path)
+            stamp = (stat.st_mtime_ns, stat.st_ino, stat.st_size)
+        except OSError:
+            stamp = None
+        if self._manifest is None or stamp is None or self._manifest[0] != stamp:
+            self._manifest = (stamp, Manifest.read(self.root))
+        return self._manifest[1]
+
+    def _write_manifest(self, manifest: Manifest) -> None:
+        _write_json_atomic(self.root / MANIFEST, manifest.to_dict())
+        self._manifest = None
 
     def has(self, step: str) -> bool:
-        return step in self.manifest["steps"]
+        return self.manifest.has(step)
 
     def require(self, step: str, hint: str) -> None:
         if not self.has(step):
@@ -116,12 +113,16 @@ class ResultsStore:
 
     def check_model(self, model_id: str) -> None:
         """Refuse to mix a store with a model other than the one that made it."""
-        stored = self.manifest["model"].get("id")
+        stored = self.manifest.model.id
         if stored != model_id:
             raise MineInputError(
                 f"{self.root} was computed with model {stored!r} but {model_id!r} is loaded; load that model or "
                 "recompute the results with this one."
             )
+
+    def results(self) -> Results:
+        """A read session over what has been written so far."""
+        return Results(self.root, self.manifest)
 
     # ---- arrays -----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -142,23 +143,11 @@ class ResultsStore:
                 old = self.root / f".{step}.old-{os.getpid()}-{time.time_ns()}"
                 os.replace(target, old)
             os.replace(tmp / "data.zarr", target)
-            manifest = self.manifest
-            manifest["steps"][step] = {"settings": settings or {}, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            _write_json_atomic(self.root / MANIFEST, manifest)
+            self._write_manifest(self.manifest.with_step(step, settings or {}, time.strftime("%Y-%m-%dT%H:%M:%S")))
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-
-    def group(self, step: str):
-        """The zarr group of a finished step, read-only (arrays are read lazily)."""
-        import zarr
-
-        self.require(step, "compute it first.")
-        return zarr.open_group(self.root / f"{step}.zarr", mode="r")
-
-    def array(self, step: str, name: str) -> np.ndarray:
-        return np.asarray(self.group(step)[name][...])
 
     def update_summary(self, section: str, values: dict) -> dict:
         """Merge `values` under `section` in summary.json (atomic), returning the whole summary."""

@@ -1,9 +1,12 @@
 """The generator interface of causal validation (DESIGN.md §1 step 5) and the masks edits are made under.
 
-Validation needs three things from an image generator: an image from a description alone (sufficiency), and
-the same image with the content under a mask removed, or a concept inserted there (counterfactual edits).
-Every backend implements :class:`Generator`; an edit keeps every pixel where the mask is 0 exactly as it was,
-so a change in a voxel's response can only come from the edited region.
+Validation needs four things from an image generator: the dataset's images as it sees them (the originals),
+an image from a description alone (sufficiency), and an image with the content under a mask removed, or a
+concept inserted there (counterfactual edits). Every backend implements :class:`Generator`, and every
+operation takes and returns one subject type, :class:`Edit`: the image, and for the synthetic world the
+scene it renders. So validation and the viewer's editor drive any backend the same way, and the true brain
+responds to ``edit.scene`` wherever there is one. An edit keeps every pixel where the mask is 0 exactly as
+it was, so a change in a voxel's response can only come from the edited region.
 
 Masks are float arrays in [0, 1] (1 = replace, 0 = keep, in between = blend, the feathered border);
 :func:`attribution_mask` makes one from an attribution map.
@@ -12,6 +15,7 @@ Masks are float arrays in [0, 1] (1 = replace, 0 = keep, in between = blend, the
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -30,14 +34,27 @@ class GenerationCancelled(Cancelled):
     """
 
 
-class Generator(abc.ABC):
-    """An image generator that validation can drive: text to image, remove under a mask, insert under a mask.
+@dataclass(frozen=True, eq=False)
+class Edit:
+    """What a generator makes and edits: a uint8 image (H, W, 3) and, for the synthetic world, its scene.
 
-    Every method is batched and seeded (the same inputs and seed give the same images; each image's
-    randomness depends on its seed and position only, not on how the batch is split), reports progress as
-    ``on_progress(done, total)`` and stops when ``should_stop()`` returns True by raising
-    :class:`GenerationCancelled` at its next step or image. Edits return images the size of their inputs
-    and keep the pixels where the mask is 0 exactly.
+    A pixel backend edits ``image`` and leaves ``scene`` None (an inpainted image has no scene); the
+    procedural one edits ``scene`` and renders it into ``image``, so whoever measures the edit can ask the
+    true brain about exactly what the image shows.
+    """
+
+    image: np.ndarray
+    scene: object | None = None  # synthetic.scenes.Scene
+
+
+class Generator(abc.ABC):
+    """An image generator that validation can drive: originals, text to image, remove and insert under a mask.
+
+    Every operation takes and returns :class:`Edit` subjects. Every method is batched and seeded (the same
+    inputs and seed give the same images; each image's randomness depends on its seed and position only, not
+    on how the batch is split), reports progress as ``on_progress(done, total)`` and stops when
+    ``should_stop()`` returns True by raising :class:`GenerationCancelled` at its next step or image. Edits
+    return images the size of their inputs and keep the pixels where the mask is 0 exactly.
 
     Attributes
     ----------
@@ -47,9 +64,34 @@ class Generator(abc.ABC):
 
     image_size: tuple[int, int]
 
+    def originals(self, stimuli, images=None) -> list[Edit]:
+        """The dataset's stimuli as this generator edits them, at :attr:`image_size`.
+
+        A pixel backend resizes the images (so originals and edits are encoded alike); the procedural one
+        overrides this to render its world's scenes of ``stimuli``, and needs no images.
+
+        Parameters
+        ----------
+        stimuli : int sequence
+            Stimulus ids (a results folder's ``image_ids`` of the rows).
+        images : iterable of images, optional
+            The same stimuli's images (any dtype ``to_rgb_uint8`` takes), one per id; read only by pixel
+            backends, so a lazy iterable costs nothing for the others.
+
+        Returns
+        -------
+        list of Edit
+        """
+        from napari_mine.data.images import to_rgb_uint8
+
+        if images is None:
+            raise MineInputError(f"{type(self).__name__} edits pixels; pass images= (e.g. dataset.images) so the "
+                                 "results' images can be edited.")
+        return [Edit(resize_images(to_rgb_uint8(np.asarray(image))[None], self.image_size)[0]) for image in images]
+
     @abc.abstractmethod
     def generate(self, descriptions, seed: int = 0, *, on_progress: Progress = None,
-                 should_stop: StopFlag = None) -> np.ndarray:
+                 should_stop: StopFlag = None) -> list[Edit]:
         """Images from text alone.
 
         Parameters
@@ -63,47 +105,95 @@ class Generator(abc.ABC):
 
         Returns
         -------
-        uint8 array (B, H, W, 3) at :attr:`image_size`.
+        list of Edit, images uint8 (H, W, 3) at :attr:`image_size`.
         """
 
     @abc.abstractmethod
-    def remove(self, images, masks, seed: int = 0, *, on_progress: Progress = None,
-               should_stop: StopFlag = None) -> np.ndarray:
-        """The images with what lies under each mask removed.
+    def remove(self, edits, masks, seed: int = 0, *, on_progress: Progress = None,
+               should_stop: StopFlag = None) -> list[Edit]:
+        """The subjects with what lies under each mask removed.
 
         Parameters
         ----------
-        images : batch
-            What the backend edits (pixels for an image model, scenes for the synthetic world).
+        edits : list of Edit
+            What to edit (from :meth:`originals`, :meth:`generate` or an earlier edit).
         masks : float array (H, W) or (B, H, W) in [0, 1]
-            Region to edit; one mask for all images or one per image.
+            Region to edit; one mask for all subjects or one per subject.
         seed : int
         on_progress, should_stop : callable, optional
 
         Returns
         -------
-        uint8 array (B, H, W, 3)
+        list of Edit, each image the size of its subject's.
         """
 
     @abc.abstractmethod
-    def insert(self, images, masks, concepts, seed: int = 0, *, on_progress: Progress = None,
-               should_stop: StopFlag = None) -> np.ndarray:
-        """The images with a concept put into each masked region.
+    def insert(self, edits, masks, concepts, seed: int = 0, *, on_progress: Progress = None,
+               should_stop: StopFlag = None) -> list[Edit]:
+        """The subjects with a concept put into each masked region.
 
         Parameters
         ----------
-        images : batch
+        edits : list of Edit
             As for :meth:`remove`.
         masks : float array (H, W) or (B, H, W) in [0, 1]
         concepts : str or list of str
-            One concept for all images or one per image.
+            One concept for all subjects or one per subject.
         seed : int
         on_progress, should_stop : callable, optional
 
         Returns
         -------
-        uint8 array (B, H, W, 3)
+        list of Edit
         """
+
+    def default_vocabulary(self):
+        """The vocabulary descriptions for this generator are read in by default (the general one)."""
+        from napari_mine.vocabulary import general_vocabulary
+
+        return general_vocabulary()
+
+    def check_vocabulary(self, vocabulary) -> None:
+        """Refuse a vocabulary whose descriptions this generator cannot draw (any text will do here)."""
+
+
+# ----------------------------------------------------------------------------------------------- subjects
+
+
+def checked_generator(generator) -> "Generator":
+    """``generator`` when it implements :class:`Generator`, else a clear refusal."""
+    if not isinstance(generator, Generator):
+        raise MineInputError(f"Validation needs a napari_mine.generate.Generator, got {type(generator).__name__}; "
+                             "use ProceduralGenerator.from_world(root) or DiffusionGenerator.load(model).")
+    return generator
+
+
+def checked_edits(edits) -> list[Edit]:
+    """The subjects of an operation as a non-empty list of :class:`Edit`."""
+    if isinstance(edits, (Edit, np.ndarray)) or not hasattr(edits, "__iter__"):
+        raise MineInputError(f"Generators take a list of Edit subjects (a uint8 (H, W, 3) image, and for the "
+                             f"synthetic world its scene), got {type(edits).__name__}; wrap images with "
+                             "as_edits(images), or use Generator.originals.")
+    edits = list(edits)
+    if not edits or not all(isinstance(edit, Edit) for edit in edits):
+        raise MineInputError("Generators take a non-empty list of Edit subjects; wrap images with as_edits(images) "
+                             "or use Generator.originals.")
+    return edits
+
+
+def images_of(edits) -> np.ndarray:
+    """The subjects' images as one batch ``uint8 (B, H, W, 3)``."""
+    edits = checked_edits(edits)
+    shapes = {np.shape(edit.image) for edit in edits}
+    if len(shapes) != 1:
+        raise MineInputError(f"The images of one batch must share a size, got {sorted(shapes)}; edit images of "
+                             "different sizes in separate calls.")
+    return checked_images(np.stack([np.asarray(edit.image) for edit in edits]))
+
+
+def as_edits(images) -> list[Edit]:
+    """Pixel subjects (no scene) of a batch of images ``uint8 (B, H, W, 3)``."""
+    return [Edit(image) for image in checked_images(images)]
 
 
 # ----------------------------------------------------------------------------------------------- run helpers

@@ -12,7 +12,8 @@ cache; nothing is downloaded unless ``download=True``. CUDA runs in float16, the
 has its own seeded ``torch.Generator`` (on the CPU, so a seed gives the same noise on any device), so the
 result does not depend on the batch size; a CUDA out-of-memory error retries the batch at half the size.
 Cancellation raises :class:`~napari_mine.generate.base.GenerationCancelled` from the pipeline's step
-callback, which ends the denoising loop at once (no final decode).
+callback, which ends the denoising loop at once (no final decode). Its subjects are pixels: every
+:class:`~napari_mine.generate.base.Edit` it returns has no scene.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_mine.errors import MineInputError
-from napari_mine.generate.base import (Generator, Progress, StopFlag, checked_descriptions, checked_images,
-                                       checked_masks, composite, image_seeds, per_image, resize_images,
-                                       resize_masks, stop_if_asked)
+from napari_mine.errors import MineInputError, require_extra
+from napari_mine.generate.base import (Edit, Generator, Progress, StopFlag, as_edits, checked_descriptions,
+                                       checked_images, checked_masks, composite, image_seeds, images_of, per_image,
+                                       resize_images, resize_masks, stop_if_asked)
 
 REMOVAL_PROMPT = "background, empty scene"
 REMOVE_INSTRUCTION = "remove the object"
@@ -63,6 +64,7 @@ class DiffusionGenerator(Generator):
     def __init__(self, text2image, editor=None, *, steps: int = 25, guidance_scale: float = 7.5,
                  image_guidance_scale: float = 1.5, image_size=None, batch_size: int = 4,
                  removal_prompt: str = REMOVAL_PROMPT, negative_prompt: str | None = None):
+        require_extra("diffusion")
         from diffusers import AutoPipelineForInpainting, StableDiffusionInstructPix2PixPipeline
 
         if steps < 1 or batch_size < 1:
@@ -114,7 +116,7 @@ class DiffusionGenerator(Generator):
     # ------------------------------------------------------------------------------------------- interface
 
     def generate(self, descriptions, seed: int = 0, *, on_progress: Progress = None,
-                 should_stop: StopFlag = None) -> np.ndarray:
+                 should_stop: StopFlag = None) -> list[Edit]:
         """Images from text (see :meth:`Generator.generate`)."""
         prompts = checked_descriptions(descriptions)
         height, width = self.image_size
@@ -123,21 +125,21 @@ class DiffusionGenerator(Generator):
             return {"prompt": prompts[start:stop], "height": height, "width": width,
                     "guidance_scale": self.guidance_scale, **self._negative(stop - start)}
 
-        return self._run(self.text2image, len(prompts), arguments, seed, on_progress, should_stop)
+        return as_edits(self._run(self.text2image, len(prompts), arguments, seed, on_progress, should_stop))
 
-    def remove(self, images, masks, seed: int = 0, *, on_progress: Progress = None,
-               should_stop: StopFlag = None) -> np.ndarray:
+    def remove(self, edits, masks, seed: int = 0, *, on_progress: Progress = None,
+               should_stop: StopFlag = None) -> list[Edit]:
         """Inpaint each masked region with the neutral removal prompt (or instruct the model to remove)."""
         prompt = REMOVE_INSTRUCTION if self.instruct else self.removal_prompt
-        return self._edit(images, masks, prompt, seed, on_progress, should_stop)
+        return as_edits(self._edit(images_of(edits), masks, prompt, seed, on_progress, should_stop))
 
-    def insert(self, images, masks, concepts, seed: int = 0, *, on_progress: Progress = None,
-               should_stop: StopFlag = None) -> np.ndarray:
+    def insert(self, edits, masks, concepts, seed: int = 0, *, on_progress: Progress = None,
+               should_stop: StopFlag = None) -> list[Edit]:
         """Inpaint each masked region with its concept as the prompt (or instruct the model to add it)."""
-        images = checked_images(images)
+        images = images_of(edits)
         concepts = per_image(concepts, len(images), "concept")
         prompts = [INSERT_INSTRUCTION.format(c) for c in concepts] if self.instruct else concepts
-        return self._edit(images, masks, prompts, seed, on_progress, should_stop)
+        return as_edits(self._edit(images, masks, prompts, seed, on_progress, should_stop))
 
     # ------------------------------------------------------------------------------------------- running
 
@@ -268,6 +270,7 @@ def load_pipeline(model, task: str, *, device: str | None = None, dtype=None, do
     -------
     diffusers pipeline on ``device``
     """
+    require_extra("diffusion")
     import torch
     from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image, StableDiffusionInstructPix2PixPipeline
 
@@ -345,6 +348,7 @@ def random_pipeline(shape: str = "tiny", task: str = "text2image", seed: int = 0
     -------
     StableDiffusionPipeline or StableDiffusionInstructPix2PixPipeline (float32, CPU)
     """
+    require_extra("diffusion")
     import torch
     from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionInstructPix2PixPipeline,
                            StableDiffusionPipeline, UNet2DConditionModel)

@@ -2,8 +2,9 @@
 
 An edit here is an edit of the *scene* (an object removed or added), and the image is the scene rendered,
 so validation can measure the true simulated brain on exactly what the image shows
-(``WorldTruth.true_response(scenes)``). The ``scenes_*`` methods return the edited scenes; ``generate``,
-``remove`` and ``insert`` render them. Because backgrounds, clutter and the other objects do not depend on
+(``WorldTruth.true_response(scenes)``). The ``scenes_*`` methods return the edited scenes; ``originals``,
+``generate``, ``remove`` and ``insert`` return :class:`~napari_mine.generate.base.Edit` subjects that carry
+both the scene and its rendering. Because backgrounds, clutter and the other objects do not depend on
 an object, a rendered edit changes only the visible pixels of the removed or inserted object; everything
 else is kept exactly. Unlike the diffusers backend this one does not composite by the mask, since the image
 must stay the render of its scene: the whole object under the mask goes (also where it reaches past the
@@ -25,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_mine.errors import MineInputError
-from napari_mine.generate.base import (Generator, Progress, StopFlag, checked_descriptions, checked_masks,
-                                       per_image, stop_if_asked)
+from napari_mine.generate.base import (Edit, Generator, Progress, StopFlag, checked_descriptions, checked_edits,
+                                       checked_masks, per_image, stop_if_asked)
 from napari_mine.synthetic import scenes as S
 
 EMPTY_SCENE = "an empty scene"
@@ -51,8 +52,8 @@ class ProceduralGenerator(Generator):
 
     Notes
     -----
-    ``images`` in :meth:`remove` and :meth:`insert` are stimulus indices into ``scenes`` or
-    :class:`~napari_mine.synthetic.scenes.Scene` objects, not pixels: an edit needs the scene it edits.
+    The subjects of :meth:`remove` and :meth:`insert` must carry their scene (an :class:`Edit` from
+    :meth:`originals`, :meth:`generate` or an earlier edit), not pixels alone: an edit needs the scene it edits.
     """
 
     def __init__(self, scenes=(), size: int = S.IMAGE_SIZE):
@@ -60,7 +61,7 @@ class ProceduralGenerator(Generator):
         self.image_size = (int(size), int(size))
 
     @classmethod
-    def from_world(cls, root, size: int | None = None) -> "ProceduralGenerator":
+    def from_world(cls, root, size: int | None = None, truth=None) -> "ProceduralGenerator":
         """A generator that knows every stimulus of a world written by ``write_world``.
 
         Parameters
@@ -69,10 +70,12 @@ class ProceduralGenerator(Generator):
             The world's root folder.
         size : int, optional
             Image side; by default the size of the world's stored stimuli.
+        truth : WorldTruth, optional
+            The world's truth when it is loaded already (its scenes are the stimuli).
         """
         from napari_mine.synthetic.truth import load_truth
 
-        truth = load_truth(root)
+        truth = load_truth(root) if truth is None else truth
         return cls(truth.scenes, _stimulus_size(root) if size is None else size)
 
     # ------------------------------------------------------------------------------------------- scenes
@@ -134,24 +137,50 @@ class ProceduralGenerator(Generator):
                 on_progress(i + 1, len(scenes))
         return images
 
+    def rendered(self, scenes, *, on_progress: Progress = None, should_stop: StopFlag = None) -> list[Edit]:
+        """Each scene with its rendering, as the subjects every operation returns."""
+        scenes = list(scenes)
+        images = self.render(scenes, on_progress=on_progress, should_stop=should_stop)
+        return [Edit(image, scene) for image, scene in zip(images, scenes)]
+
     # ------------------------------------------------------------------------------------------- interface
 
+    def originals(self, stimuli, images=None) -> list[Edit]:
+        """The world's scenes of ``stimuli`` (stimulus indices), rendered at :attr:`image_size`; a stimulus
+        is its scene, so ``images`` are not read."""
+        return self.rendered([self.scene(stimulus) for stimulus in _as_list(stimuli)])
+
     def generate(self, descriptions, seed: int = 0, *, on_progress: Progress = None,
-                 should_stop: StopFlag = None) -> np.ndarray:
-        """Render a new scene per description."""
-        return self.render(self.scenes_from_descriptions(descriptions, seed), on_progress=on_progress,
-                           should_stop=should_stop)
+                 should_stop: StopFlag = None) -> list[Edit]:
+        """A new scene per description, rendered."""
+        return self.rendered(self.scenes_from_descriptions(descriptions, seed), on_progress=on_progress,
+                             should_stop=should_stop)
 
-    def remove(self, images, masks, seed: int = 0, *, on_progress: Progress = None,
-               should_stop: StopFlag = None) -> np.ndarray:
-        """Render each scene without the object under its mask (removal is deterministic; ``seed`` is unused)."""
-        return self.render(self.scenes_without(images, masks), on_progress=on_progress, should_stop=should_stop)
+    def remove(self, edits, masks, seed: int = 0, *, on_progress: Progress = None,
+               should_stop: StopFlag = None) -> list[Edit]:
+        """Each scene without the object under its mask, rendered (removal is deterministic; ``seed`` is unused)."""
+        return self.rendered(self.scenes_without(_scenes_of(edits), masks), on_progress=on_progress,
+                             should_stop=should_stop)
 
-    def insert(self, images, masks, concepts, seed: int = 0, *, on_progress: Progress = None,
-               should_stop: StopFlag = None) -> np.ndarray:
-        """Render each scene with its concept inserted into the masked region."""
-        return self.render(self.scenes_with(images, masks, concepts, seed), on_progress=on_progress,
-                           should_stop=should_stop)
+    def insert(self, edits, masks, concepts, seed: int = 0, *, on_progress: Progress = None,
+               should_stop: StopFlag = None) -> list[Edit]:
+        """Each scene with its concept inserted into the masked region, rendered."""
+        return self.rendered(self.scenes_with(_scenes_of(edits), masks, concepts, seed), on_progress=on_progress,
+                             should_stop=should_stop)
+
+    def default_vocabulary(self):
+        """The synthetic world's vocabulary: the grammar this generator draws."""
+        from napari_mine.vocabulary import synthetic_vocabulary
+
+        return synthetic_vocabulary()
+
+    def check_vocabulary(self, vocabulary) -> None:
+        """Refuse a vocabulary without the world's categories: its descriptions name nothing this can draw."""
+        from napari_mine.describe import HEAD_GROUP
+
+        if HEAD_GROUP not in vocabulary.groups:
+            raise MineInputError("The procedural generator draws only the synthetic world's categories; describe "
+                                 "with concept_space(synthetic_vocabulary(), backbone).")
 
 
 # ----------------------------------------------------------------------------------------------- descriptions
@@ -278,6 +307,15 @@ def _as_list(images) -> list:
     if isinstance(images, (S.Scene, int, np.integer)):
         raise MineInputError("remove and insert take a batch; wrap one stimulus index or Scene in a list.")
     return list(images)
+
+
+def _scenes_of(edits) -> list[S.Scene]:
+    """The scenes of the subjects of an edit, refusing subjects that are pixels alone."""
+    edits = checked_edits(edits)
+    if any(edit.scene is None for edit in edits):
+        raise MineInputError("The procedural generator edits scenes, not pixels; give it the Edits of "
+                             "ProceduralGenerator.originals or generate, which carry their scene.")
+    return [edit.scene for edit in edits]
 
 
 def _stimulus_size(root) -> int:

@@ -19,7 +19,7 @@ where the encoder is good enough for the question to be fair.
   seeded sample of the pairs; deletion AUC (lower is better) and insertion AUC (higher is better).
 * **Description.** For every pair, :func:`describe.describe_image` against the synthetic vocabulary; correct
   when its best *category* concept is the driving object's category.
-* **Profile.** :func:`describe.profiles_from_store` of all scored voxels; correct when the best category
+* **Profile.** :meth:`Results.profiles` of all scored voxels; correct when the best category
   concept of the voxel's profile is its true preferred category (a profile whose category scores are all
   equal, e.g. all zero, gives no answer and counts as wrong), and the same for the direct-projection
   baseline. Per ROI label, the best category
@@ -54,14 +54,14 @@ CATEGORY_ROIS = tuple(name for roi_file in FLOC_CATEGORY for name in ROI_FILES[r
 DRIVE_CHUNK = 256
 
 
-def score_interpretation(store, dataset, truth, backbone, *, seed: int = 0, n_voxels: int = DEFAULT_N_VOXELS,
+def score_interpretation(results, dataset, truth, backbone, *, seed: int = 0, n_voxels: int = DEFAULT_N_VOXELS,
                          n_images_per_voxel: int = DEFAULT_N_IMAGES_PER_VOXEL,
                          n_faithfulness_pairs: int = DEFAULT_FAITHFULNESS_PAIRS) -> dict:
     """Score attribution, descriptions, profiles and clusters against the world's truth (see the module).
 
     Parameters
     ----------
-    store : ResultsStore
+    results : Results
         With the "features" and "encoder" steps of ``dataset``.
     dataset : Dataset
         The world loaded with ``load_nsd``.
@@ -85,15 +85,15 @@ def score_interpretation(store, dataset, truth, backbone, *, seed: int = 0, n_vo
     if min(n_voxels, n_images_per_voxel, n_faithfulness_pairs) < 1:
         raise MineInputError("Scoring needs at least one voxel, one image per voxel and one faithfulness pair.")
     rng = np.random.default_rng(seed)
-    voxels = scored_voxels(store, dataset, truth)
+    voxels = scored_voxels(results, dataset, truth)
     space = concept_space(synthetic_vocabulary(), backbone)
-    pairs = sample_pairs(store, dataset, truth, voxels, rng, n_voxels, n_images_per_voxel)
+    pairs = sample_pairs(results, dataset, truth, voxels, rng, n_voxels, n_images_per_voxel)
     faithful = np.sort(rng.choice(len(pairs.rows), size=min(n_faithfulness_pairs, len(pairs.rows)), replace=False))
     return {
         "attribution": {
             "pointing_game": float(pointing_game_hits(pairs.tokens, pairs.weights, pairs.masks).mean()),
             "n_pairs": len(pairs.rows),
-            "faithfulness": faithfulness_scores(store, dataset, backbone, pairs.rows[faithful],
+            "faithfulness": faithfulness_scores(results, dataset, backbone, pairs.rows[faithful],
                                                 pairs.voxels[faithful]),
         },
         "description": {
@@ -101,8 +101,8 @@ def score_interpretation(store, dataset, truth, backbone, *, seed: int = 0, n_vo
                                            == pairs.categories)),
             "n_pairs": len(pairs.rows),
         },
-        "profile": profile_scores(store, truth, voxels, space),
-        "clusters": cluster_scores(store, truth, voxels, seed),
+        "profile": profile_scores(results, truth, voxels, space),
+        "clusters": cluster_scores(results, truth, voxels, seed),
     }
 
 
@@ -122,53 +122,50 @@ class Pairs:
     categories: np.ndarray  # str (P,)
 
 
-def scored_voxels(store, dataset, truth, min_normalized_r: float = MIN_NORMALIZED_R) -> np.ndarray:
+def scored_voxels(results, dataset, truth, min_normalized_r: float = MIN_NORMALIZED_R) -> np.ndarray:
     """Encoder voxels that are category voxels of a named category ROI with normalised r ≥ the threshold."""
-    check_voxel_order(store, dataset, truth)
+    check_voxel_order(results, dataset, truth)
     tuning = truth.brain.tuning
-    normalized_r = np.nan_to_num(store.array("encoder", "accuracy/normalized_r"), nan=-np.inf)
+    normalized_r = np.nan_to_num(results.accuracy["normalized_r"], nan=-np.inf)
     chosen = (tuning.kind == "category") & np.isin(tuning.roi, CATEGORY_ROIS) & (normalized_r >= min_normalized_r)
     if not chosen.any():
-        raise MineInputError(f"No category-ROI voxel of {store.root} reaches a normalised r of {min_normalized_r}; "
+        raise MineInputError(f"No category-ROI voxel of {results.root} reaches a normalised r of {min_normalized_r}; "
                              "fit the encoder on more images before scoring the interpretation.")
     return np.flatnonzero(chosen)
 
 
-def check_voxel_order(store, dataset, truth) -> None:
+def check_voxel_order(results, dataset, truth) -> None:
     """Refuse a dataset, store and truth whose voxels or images are not the same, in the same order."""
     if dataset.mask.shape != truth.brain.mask.shape or not np.array_equal(dataset.mask, truth.brain.mask):
         raise MineInputError("The dataset's voxel mask is not the ground truth's, so its voxels cannot be matched "
                              "to the true tuning; load the dataset from the world the truth was read from.")
-    if store.array("encoder", "effective_weights").shape[1] != dataset.n_voxels:
-        raise MineInputError(f"The encoder in {store.root} has other voxels than the dataset; refit it on this "
+    if results.weights()[0].shape[1] != dataset.n_voxels:
+        raise MineInputError(f"The encoder in {results.root} has other voxels than the dataset; refit it on this "
                              "dataset.")
     ids = np.asarray(dataset.images.ids)
-    if not np.array_equal(store.array("features", "image_ids"), ids) or ids.max() >= len(truth.scenes):
-        raise MineInputError(f"The features in {store.root} are not of this world's images; recompute them for "
+    if not np.array_equal(results.image_ids, ids) or ids.max() >= len(truth.scenes):
+        raise MineInputError(f"The features in {results.root} are not of this world's images; recompute them for "
                              "the dataset of this world.")
 
 
-def sample_pairs(store, dataset, truth, voxels: np.ndarray, rng: np.random.Generator, n_voxels: int,
+def sample_pairs(results, dataset, truth, voxels: np.ndarray, rng: np.random.Generator, n_voxels: int,
                  n_images: int) -> Pairs:
     """A seeded sample of ``n_voxels`` voxels, each paired with its ``n_images`` best-predicted images."""
     sample = np.sort(rng.choice(voxels, size=min(n_voxels, len(voxels)), replace=False))
-    rows, pair_voxels = top_image_pairs(store, sample, n_images)
+    rows, pair_voxels = top_image_pairs(results, sample, n_images)
     scenes = [truth.scenes[i] for i in np.asarray(dataset.images.ids)[rows]]
     drivers = driving_objects(truth.brain, scenes, pair_voxels)
     size = dataset.images[int(rows[0])].shape[0]
-    return Pairs(rows, pair_voxels, _token_rows(store, rows),
-                 store.array("encoder", "effective_weights")[:, pair_voxels].astype(np.float32),
+    return Pairs(rows, pair_voxels, results.tokens(rows), results.weights()[0][:, pair_voxels],
                  [S.object_masks(scene, size)[driver] for scene, driver in zip(scenes, drivers)],
                  np.array([scene.objects[driver].category for scene, driver in zip(scenes, drivers)], dtype=object))
 
 
-def top_image_pairs(store, voxels: np.ndarray, n_images: int) -> tuple[np.ndarray, np.ndarray]:
+def top_image_pairs(results, voxels: np.ndarray, n_images: int) -> tuple[np.ndarray, np.ndarray]:
     """Each voxel's ``n_images`` images of highest predicted response, as (store rows, voxels) of all pairs."""
     from napari_mine.describe import top_images
 
-    weights = store.array("encoder", "effective_weights")[:, voxels]
-    predicted = store.array("features", "features") @ weights + store.array("encoder", "effective_bias")[voxels]
-    top = top_images(predicted, n_images)
+    top = top_images(results.predict(voxels), n_images)
     return top.T.ravel(), np.repeat(voxels, top.shape[0])
 
 
@@ -181,12 +178,6 @@ def driving_objects(brain, scenes, voxels: np.ndarray) -> np.ndarray:
         drives = object_drives(brain, scenes[part])
         drivers[part] = drives[np.arange(len(drives)), :, voxels[part]].argmax(axis=1)
     return drivers
-
-
-def _token_rows(store, rows: np.ndarray) -> np.ndarray:
-    """Token contributions (P, T, D) of store rows (repeats allowed), reading each row once."""
-    unique, inverse = np.unique(rows, return_inverse=True)
-    return np.asarray(store.group("features")["tokens"].oindex[unique], dtype=np.float32)[inverse]
 
 
 # ----------------------------------------------------------------------------------------------- attribution
@@ -232,12 +223,11 @@ def cell_points_at(cell: tuple[int, int], grid_side: int, mask: np.ndarray) -> b
     return bool(distance <= HIT_TOLERANCE * min(cell_height, cell_width))
 
 
-def faithfulness_scores(store, dataset, backbone, rows: np.ndarray, voxels: np.ndarray) -> dict:
+def faithfulness_scores(results, dataset, backbone, rows: np.ndarray, voxels: np.ndarray) -> dict:
     """Mean deletion and insertion AUC of every attribution method over the (row, voxel) pairs."""
     from napari_mine.attribution import attribution_maps, faithfulness
 
-    weights = store.array("encoder", "effective_weights")
-    bias = store.array("encoder", "effective_bias")
+    weights, bias = results.weights()
     pixels = backbone.preprocess(dataset.images[rows])
     per_pair = []
     for index, voxel in enumerate(voxels):
@@ -272,12 +262,10 @@ def best_categories(scores: np.ndarray, space) -> np.ndarray:
     return np.where(np.ptp(category_scores, axis=1) > 0, names[category_scores.argmax(axis=1)], "")
 
 
-def profile_scores(store, truth, voxels: np.ndarray, space) -> dict:
+def profile_scores(results, truth, voxels: np.ndarray, space) -> dict:
     """Top-1 category accuracy of the voxels' profiles and baselines, and each ROI's mean-profile category."""
-    from napari_mine.describe import profiles_from_store
-
     tuning = truth.brain.tuning
-    profiles = profiles_from_store(store, space, voxels=voxels)
+    profiles = results.profiles(space, voxels, use_saved=False)
     true = np.array([S.CATEGORIES[c] for c in tuning.category[voxels]], dtype=object)
     roi_category, roi_correct = {}, {}
     for roi in [name for name in CATEGORY_ROIS if np.any(tuning.roi[voxels] == name)]:
@@ -293,14 +281,14 @@ def profile_scores(store, truth, voxels: np.ndarray, space) -> dict:
     }
 
 
-def cluster_scores(store, truth, voxels: np.ndarray, seed: int = 0) -> dict:
+def cluster_scores(results, truth, voxels: np.ndarray, seed: int = 0) -> dict:
     """Adjusted Rand index of clusters of each ROI's effective weights against the true sub-populations."""
     from sklearn.metrics import adjusted_rand_score
 
     from napari_mine.describe import cluster_voxels
 
     tuning = truth.brain.tuning
-    weights = store.array("encoder", "effective_weights")[:, voxels].T
+    weights = results.weights()[0][:, voxels].T
     ari = {}
     for roi in CATEGORY_ROIS:
         members = tuning.roi[voxels] == roi

@@ -1,0 +1,861 @@
+"""The one read path through a results folder (DESIGN.md §3): a typed manifest and a read session.
+
+:class:`Manifest` is the only code that knows the manifest's JSON layout; it is parsed once per session.
+:class:`Results` is what the CLI, the demo, validation, scoring, the report and every dock read through: it
+owns the target space (:class:`VolumeSpace`), the encoder's arrays, the features and token contributions (a
+bounded chunk cache), the stimuli, the backbone and the concept spaces, and answers the MINE queries
+(prediction, top images, patch maps, descriptions, profiles, ROI reports). The maths modules stay
+array-in, array-out; a query here reads what it needs and calls them.
+
+A target is an index into the space (a voxel of the mask today; a surface vertex is another space class
+with the same methods): only the space knows where a target lies and how it is drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+import numpy as np
+
+from napari_mine.errors import MineInputError
+
+FORMAT = "napari-mine-results"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TOKEN_CACHE_BYTES = 512 * 2**20  # decompressed token chunks kept per session (a slider revisits the same ones)
+OPEN_SESSIONS = 4  # read sessions kept by open_results (each holds its weights, features and token chunks)
+READ_WORKERS = 4  # token chunks decompressed at once by target_maps
+LOADED_BACKBONES = 2  # backbones kept loaded by shared_backbone
+
+
+# ------------------------------------------------------------------------------------------------ manifest
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """What identifies the backbone that made a results folder (``id`` is checked on every reuse)."""
+
+    id: str
+    name: str
+    pretrained: str | None
+    checksum: str
+    embed_dim: int
+    image_size: int
+    checkpoint: str | None = None  # the local weights file the features were computed from, if any
+
+    @classmethod
+    def parse(cls, payload: Mapping) -> "ModelRecord":
+        return cls(str(payload["id"]), str(payload.get("name", "")), payload.get("pretrained"),
+                   str(payload.get("checksum", "")), int(payload.get("embed_dim", 0)), int(payload.get("image_size", 0)),
+                   payload.get("checkpoint"))
+
+    def to_dict(self) -> dict:
+        record = {"id": self.id, "name": self.name, "pretrained": self.pretrained, "checksum": self.checksum,
+                  "embed_dim": self.embed_dim, "image_size": self.image_size}
+        if self.checkpoint:
+            record["checkpoint"] = self.checkpoint
+        return record
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """A finished step: the settings it ran with and when it finished."""
+
+    settings: Mapping
+    finished: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A results folder's manifest, parsed and checked once (format, version, model, source, steps)."""
+
+    version: int
+    created: str
+    model: ModelRecord
+    source: Mapping  # the dataset's source record, as its loader wrote it (data.sources reads it back)
+    steps: Mapping[str, StepRecord]
+
+    @classmethod
+    def new(cls, model: Mapping, source: Mapping, created: str) -> "Manifest":
+        return cls(FORMAT_VERSION, created, ModelRecord.parse(model), MappingProxyType(dict(source)),
+                   MappingProxyType({}))
+
+    @classmethod
+    def read(cls, root: str | os.PathLike) -> "Manifest":
+        """Parse ``root/manifest.json``, refusing folders that are not results or of another format version."""
+        root = Path(root)
+        path = root / MANIFEST
+        if not path.is_file():
+            raise MineInputError(f"{root} is not a napari-mine results folder (no {MANIFEST}); run "
+                                 "`napari-mine features` and `napari-mine fit` to make one.")
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise MineInputError(f"{path} cannot be read as JSON ({error}); recompute the results.") from None
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise MineInputError(f"{path} is not a napari-mine manifest; open a folder made by napari-mine.")
+        if payload.get("version") != FORMAT_VERSION:
+            raise MineInputError(
+                f"{root} was written in results format {payload.get('version')}, this napari-mine reads "
+                f"format {FORMAT_VERSION}; recompute it with `napari-mine features` and `napari-mine fit`."
+            )
+        try:
+            steps = {name: StepRecord(MappingProxyType(dict(step.get("settings") or {})), str(step["finished"]))
+                     for name, step in payload["steps"].items()}
+            return cls(int(payload["version"]), str(payload.get("created", "")), ModelRecord.parse(payload["model"]),
+                       MappingProxyType(dict(payload.get("dataset") or {})), MappingProxyType(steps))
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise MineInputError(f"{path} is incomplete ({type(error).__name__}: {error}); recompute the "
+                                 "results with `napari-mine features`.") from None
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": self.version, "created": self.created, "model": self.model.to_dict(),
+                "dataset": dict(self.source),
+                "steps": {name: {"settings": dict(step.settings), "finished": step.finished}
+                          for name, step in self.steps.items()}}
+
+    def with_step(self, name: str, settings: Mapping, finished: str) -> "Manifest":
+        steps = dict(self.steps)
+        steps[name] = StepRecord(MappingProxyType(dict(settings)), finished)
+        return replace(self, steps=MappingProxyType(steps))
+
+    def with_checkpoint(self, checkpoint: str | None) -> "Manifest":
+        return replace(self, model=replace(self.model, checkpoint=checkpoint))
+
+    def has(self, step: str) -> bool:
+        return step in self.steps
+
+    def settings(self, step: str) -> Mapping:
+        """A finished step's settings ({} when the step has not run)."""
+        return self.steps[step].settings if step in self.steps else MappingProxyType({})
+
+    @property
+    def roi_labels(self) -> dict[str, dict[int, str]]:
+        """Each ROI volume's label table, ``{roi: {value: name}}``."""
+        tables = self.settings("brain").get("roi_labels", {})
+        return {roi: {int(k): str(v) for k, v in table.items()} for roi, table in tables.items()}
+
+    @property
+    def source_format(self) -> str | None:
+        return self.source.get("format")
+
+    @property
+    def world_root(self) -> Path | None:
+        """The synthetic world this folder was computed from (its ground truth beside it), else None."""
+        root = self.source.get("root")
+        return Path(root) if root and (Path(root) / "ground_truth").is_dir() else None
+
+
+# ------------------------------------------------------------------------------------------------ spaces
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """Where a target lies and how well the encoder predicts it."""
+
+    target: int
+    ijk: tuple[int, ...]
+    world: tuple[float, ...]
+    rois: tuple[str, ...]
+    r: float | None
+    normalized_r: float | None
+    noise_ceiling: float | None
+
+    @property
+    def voxel(self) -> int:
+        return self.target
+
+
+class VolumeSpace:
+    """Voxels of a mask on a grid with an affine: targets are the mask's voxels in ``np.flatnonzero`` order."""
+
+    kind = "volume"
+
+    def __init__(self, mask: np.ndarray, affine: np.ndarray, rois: Mapping[str, tuple[np.ndarray, dict[int, str]]]):
+        self.mask = np.asarray(mask, dtype=bool)
+        self.affine = np.asarray(affine, dtype=float)
+        self.rois = dict(rois)
+        self.columns = np.full(self.mask.shape, -1, dtype=np.int64)
+        self.columns[self.mask] = np.arange(int(self.mask.sum()))
+        self._labels: dict[str, np.ndarray] = {}
+
+    @property
+    def n_targets(self) -> int:
+        return int(self.mask.sum())
+
+    def target_at(self, ijk) -> int | None:
+        """The target at integer grid indices, or None outside the grid or the mask."""
+        ijk = np.asarray(ijk, dtype=np.int64)
+        if ijk.shape != (self.mask.ndim,) or np.any(ijk < 0) or np.any(ijk >= self.mask.shape):
+            return None
+        column = int(self.columns[tuple(ijk)])
+        return column if column >= 0 else None
+
+    def ijk_of(self, target: int) -> tuple[int, ...]:
+        return tuple(int(v) for v in np.argwhere(self.columns == target)[0])
+
+    def world_of(self, target: int) -> tuple[float, ...]:
+        return tuple(float(v) for v in (self.affine @ np.append(self.ijk_of(target), 1.0))[:3])
+
+    def to_volume(self, values, fill=np.nan) -> np.ndarray:
+        """Per-target values (V,) as a volume on the grid, ``fill`` outside the mask."""
+        values = np.asarray(values)
+        volume = np.full(self.mask.shape, fill, dtype=np.result_type(values.dtype, np.asarray(fill).dtype))
+        volume[self.mask] = values
+        return volume
+
+    def roi_values(self, roi: str) -> np.ndarray:
+        """The label value of every target in ROI volume ``roi`` (≤ 0 unlabelled)."""
+        if roi not in self.rois:
+            raise MineInputError(f"these results have no ROI volume {roi!r}; choose one of {sorted(self.rois)}.")
+        if roi not in self._labels:
+            self._labels[roi] = np.asarray(self.rois[roi][0])[self.mask]
+        return self._labels[roi]
+
+    def roi_names_of(self, target: int) -> tuple[str, ...]:
+        """The labels of every ROI volume at a target, e.g. ("FFA-1", "nsdgeneral")."""
+        names = []
+        for roi, (_, labels) in self.rois.items():
+            value = int(self.roi_values(roi)[target])
+            if value > 0:
+                names.append(labels.get(value, f"{roi}-{value}"))
+        return tuple(names)
+
+    def label_names(self, rois=None) -> np.ndarray:
+        """The ROI label name of every target in one of ``rois`` (default: all), "" elsewhere."""
+        names = np.full(self.n_targets, "", dtype=object)
+        for roi in self.rois if rois is None else rois:
+            if roi in self.rois:
+                values = self.roi_values(roi)
+                for value, name in self.rois[roi][1].items():
+                    names[values == value] = name
+        return names
+
+    def roi_of_targets(self) -> np.ndarray:
+        """One ROI label name per target across the ROI volumes (see ``data.dataset.joined_label_names``)."""
+        from napari_mine.data.dataset import joined_label_names
+
+        return joined_label_names([self.label_names([roi]) for roi in self.rois], self.n_targets)
+
+    def roi_file_of(self, names) -> np.ndarray:
+        """The ROI volume (e.g. "floc-faces") each label name belongs to ("" for none)."""
+        file_of = {name: roi for roi, (_, labels) in self.rois.items() for name in labels.values()}
+        return np.array([file_of.get(name, "") for name in names], dtype=object)
+
+    def present_labels(self) -> dict[str, dict[int, str]]:
+        """Each ROI volume's labels that have targets, {roi: {value: name}} (volumes without any left out)."""
+        found = {}
+        for roi, (_, labels) in self.rois.items():
+            present = set(np.unique(self.roi_values(roi)).tolist())
+            kept = {k: v for k, v in sorted(labels.items()) if k in present}
+            if kept:
+                found[roi] = kept
+        return found
+
+    def label_value(self, roi: str, label: int | str) -> int:
+        """The value of label ``label`` (a value or a name) in ROI volume ``roi``."""
+        labels = self.rois[roi][1] if roi in self.rois else {}
+        by_name = {name: value for value, name in labels.items()}
+        value = by_name.get(label, label)
+        if value not in labels:
+            raise MineInputError(f"ROI {roi!r} has no label {label!r}; choose one of {sorted(labels.values())}.")
+        return int(value)
+
+    def roi_targets(self, roi: str, label: int | str) -> np.ndarray:
+        return np.flatnonzero(self.roi_values(roi) == self.label_value(roi, label))
+
+
+# ------------------------------------------------------------------------------------------------ answers
+
+
+@dataclass
+class ImageAttribution:
+    """A target's exact patch map on one image, with what its numbers mean."""
+
+    target: int
+    row: int
+    grid_map: np.ndarray  # (g, g) contribution of each patch to the predicted response
+    predicted: float  # the encoder's prediction for this image (patches + class token + rest + bias)
+    spatial_fraction: float  # share of |terms| carried by the patches
+    description: str = ""  # what drives the target in this image's high-attribution region
+    concepts: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class TargetReport:
+    """Everything the inspector shows for one target (the image part for one stimulus)."""
+
+    info: TargetInfo
+    top_rows: np.ndarray
+    top_values: np.ndarray
+    thumbnails: list[np.ndarray]
+    image: ImageAttribution | None
+    profile: list[tuple[str, float]] = field(default_factory=list)
+    vocabulary: str = ""
+
+
+@dataclass
+class RoiReport:
+    """An ROI label's mean profile and its targets' sub-populations."""
+
+    roi: str
+    label: str
+    n_targets: int
+    profile: list[tuple[str, float]]
+    baseline: list[tuple[str, float]]
+    clusters: np.ndarray  # int16 volume: 0 outside the ROI label, 1..k sub-populations (largest first)
+    cluster_profiles: list[list[tuple[str, float]]]
+    cluster_sizes: list[int]
+    silhouettes: dict[int, float]
+    vocabulary: str
+
+
+# ------------------------------------------------------------------------------------------------ the session
+
+
+class Results:
+    """A read session over one results folder: thread-safe, reads each small array once, tokens by chunk."""
+
+    def __init__(self, root: str | os.PathLike, manifest: Manifest):
+        self.root = Path(root)
+        self.manifest = manifest
+        self._lock = threading.RLock()
+        self._cache: dict = {}
+        self._token_chunks: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._space: VolumeSpace | None = None
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> "Results":
+        """Open a results folder (its manifest parsed and checked once); nothing large is read yet."""
+        return cls(root, Manifest.read(root))
+
+    # ---- steps and arrays -----------------------------------------------------------------------
+    def has(self, step: str) -> bool:
+        return self.manifest.has(step)
+
+    def require(self, step: str, hint: str) -> None:
+        if not self.has(step):
+            raise MineInputError(f"{self.root} has no {step!r} results yet; {hint}")
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.has("features") and self.has("encoder")
+
+    def require_fit(self) -> None:
+        if not self.is_fitted:
+            raise MineInputError(f"{self.root.name} has no fitted encoder yet; run Fit (or `napari-mine fit`) first.")
+
+    def group(self, step: str):
+        """The zarr group of a finished step, read-only and lazy."""
+        import zarr
+
+        self.require(step, "compute it first.")
+        return zarr.open_group(self.root / f"{step}.zarr", mode="r")
+
+    def _array(self, step: str, name: str, dtype=None) -> np.ndarray:
+        """A whole array of a step, read once per session."""
+        key = ("array", step, name)
+        with self._lock:
+            if key not in self._cache:
+                group = self.group(step)
+                if name not in group:
+                    raise MineInputError(f"the {step!r} results in {self.root} have no {name!r} array; recompute "
+                                         "that step.")
+                values = np.asarray(group[name][...], dtype=dtype)
+                values.flags.writeable = False
+                self._cache[key] = values
+            return self._cache[key]
+
+    def check_model(self, model_id: str) -> None:
+        """Refuse to mix these results with a model other than the one that made them."""
+        if model_id != self.manifest.model.id:
+            raise MineInputError(
+                f"{self.root} was computed with model {self.manifest.model.id!r} but {model_id!r} is loaded; load "
+                "that model or recompute the results with this one."
+            )
+
+    # ---- the brain -------------------------------------------------------------------------------
+    @property
+    def space(self) -> VolumeSpace:
+        """The target space (mask, affine, ROI volumes with their label tables)."""
+        with self._lock:
+            if self._space is None:
+                self.require("brain", "compute the features of a dataset first.")
+                brain = self.group("brain")
+                tables = self.manifest.roi_labels
+                rois = {}
+                if "roi" in brain:
+                    for name in sorted(brain["roi"].array_keys()):
+                        rois[name] = (np.asarray(brain["roi"][name][...]), tables.get(name, {}))
+                self._space = VolumeSpace(brain["mask"][...], brain["affine"][...], rois)
+            return self._space
+
+    @property
+    def n_targets(self) -> int:
+        """The encoder's targets (its weight columns), else the space's."""
+        return int(self.weights()[0].shape[1]) if self.is_fitted else self.space.n_targets
+
+    def anatomy(self) -> np.ndarray | None:
+        brain = self.group("brain")
+        return np.asarray(brain["anatomy"][...], dtype=np.float32) if "anatomy" in brain else None
+
+    @property
+    def accuracy(self) -> dict[str, np.ndarray]:
+        """Held-out "r", "normalized_r" and "noise_ceiling" per target (those the fit computed)."""
+        if not self.has("encoder"):
+            return {}
+        with self._lock:
+            if "accuracy" not in self._cache:
+                encoder = self.group("encoder")
+                self._cache["accuracy"] = {name: np.asarray(encoder[f"accuracy/{name}"][...], dtype=np.float32)
+                                           for name in ("r", "normalized_r", "noise_ceiling")
+                                           if f"accuracy/{name}" in encoder}
+            return self._cache["accuracy"]
+
+    def info(self, target: int) -> TargetInfo:
+        space = self.space
+
+        def value(name):
+            values = self.accuracy.get(name)
+            return None if values is None or not np.isfinite(values[target]) else float(values[target])
+
+        return TargetInfo(int(target), space.ijk_of(target), space.world_of(target), space.roi_names_of(target),
+                          value("r"), value("normalized_r"), value("noise_ceiling"))
+
+    # ---- encoder and features ---------------------------------------------------------------------
+    def weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """Effective weights W̃ (D, V) and bias b̃ (V,): the encoder acting on the normalised embedding."""
+        self.require_fit()
+        return (self._array("encoder", "effective_weights", np.float32),
+                self._array("encoder", "effective_bias", np.float32))
+
+    @property
+    def encoder(self):
+        """The fitted :class:`~napari_mine.encoding.VoxelEncoder` (standardisation and per-target α)."""
+        from napari_mine.encoding import VoxelEncoder
+
+        with self._lock:
+            if "encoder" not in self._cache:
+                self._cache["encoder"] = VoxelEncoder.from_arrays(self.group("encoder"))
+            return self._cache["encoder"]
+
+    def features(self) -> np.ndarray:
+        """The L2-normalised image features (N, D)."""
+        self.require("features", "run `napari-mine features` first.")
+        return self._array("features", "features", np.float32)
+
+    def rest(self) -> np.ndarray:
+        """The non-spatial part of every image's features (N, D)."""
+        self.require("features", "run `napari-mine features` first.")
+        return self._array("features", "rest", np.float32)
+
+    @property
+    def image_ids(self) -> np.ndarray:
+        """The stimulus id of each feature row."""
+        return self._array("features", "image_ids").astype(np.int64)
+
+    @property
+    def n_images(self) -> int:
+        return int(self._tokens_array().shape[0])
+
+    def test_rows(self) -> np.ndarray:
+        """The feature rows the encoder was scored on (held out of its fit)."""
+        return self._array("encoder", "test_image_ids").astype(np.int64)
+
+    def predict(self, targets=None, rows=None) -> np.ndarray:
+        """The encoder's predictions ``f @ w̃ + b̃`` (n_rows, n_targets) from the stored features."""
+        weights, bias = self.weights()
+        features = self.features() if rows is None else self.features()[np.asarray(rows, dtype=int)]
+        if targets is None:
+            return features @ weights + bias
+        targets = self.checked_targets(targets)
+        return features @ weights[:, targets] + bias[targets]
+
+    def checked_targets(self, targets) -> np.ndarray:
+        """Target indices (or a boolean selection over all targets), refused when out of range."""
+        n = self.n_targets
+        if targets is None:
+            return np.arange(n)
+        targets = np.asarray(targets).ravel()
+        if targets.dtype == bool:
+            if len(targets) != n:
+                raise MineInputError(f"A target selection mask needs {n} entries, got {len(targets)}; give one "
+                                     "entry per target or target indices.")
+            targets = np.flatnonzero(targets)
+        if not targets.size or not np.issubdtype(targets.dtype, np.integer) or targets.min() < 0 or targets.max() >= n:
+            bad = targets[(targets < 0) | (targets >= n)] if np.issubdtype(targets.dtype, np.integer) else targets
+            raise MineInputError(f"voxel {bad[0] if bad.size else 'selection'} is out of range; the store has voxels 0 "
+                                 f"to {n - 1}.")
+        return targets.astype(int)
+
+    def checked_row(self, row) -> int:
+        n = self.n_images
+        if not isinstance(row, (int, np.integer)) or isinstance(row, bool) or not 0 <= row < n:
+            raise MineInputError(f"image row {row!r} is out of range; the store has images 0 to {n - 1}.")
+        return int(row)
+
+    def tokens(self, rows) -> np.ndarray:
+        """Token contributions of image rows (n, T, D), through a bounded cache of decompressed chunks.
+
+        A row costs the decompression of its whole storage chunk, so chunks are kept (least recently used
+        out first, about ``TOKEN_CACHE_BYTES``): a slider or clicks on targets that share top images read
+        each chunk once.
+        """
+        rows = np.asarray(rows, dtype=int)
+        array = self._tokens_array()
+        step = array.chunks[0]
+        out = np.empty((len(rows),) + tuple(array.shape[1:]), dtype=np.float32)
+        for chunk in np.unique(rows // step):
+            block = self._token_chunk(array, int(chunk), step)
+            chosen = rows // step == chunk
+            out[chosen] = block[rows[chosen] - chunk * step]
+        return out
+
+    def _tokens_array(self):
+        self.require("features", "run `napari-mine features` first.")
+        with self._lock:
+            if "tokens" not in self._cache:
+                self._cache["tokens"] = self.group("features")["tokens"]
+            return self._cache["tokens"]
+
+    def _token_chunk(self, array, chunk: int, step: int) -> np.ndarray:
+        with self._lock:
+            if chunk in self._token_chunks:
+                self._token_chunks.move_to_end(chunk)
+                return self._token_chunks[chunk]
+        block = np.asarray(array[chunk * step:(chunk + 1) * step], dtype=np.float32)
+        with self._lock:
+            self._token_chunks[chunk] = block
+            while len(self._token_chunks) > 1 and \
+                    sum(b.nbytes for b in self._token_chunks.values()) > TOKEN_CACHE_BYTES:
+                self._token_chunks.popitem(last=False)
+        return block
+
+    # ---- data, stimuli and models ---------------------------------------------------------------
+    def dataset(self):
+        """The dataset these results were computed from, loaded again from the manifest's source record."""
+        from napari_mine.data import dataset_from_source
+
+        with self._lock:
+            if "dataset" not in self._cache:
+                if not self.manifest.source:
+                    raise MineInputError("the manifest names no dataset; recompute the features with "
+                                         "`napari-mine features`.")
+                self._cache["dataset"] = dataset_from_source(dict(self.manifest.source))
+            return self._cache["dataset"]
+
+    def keep_dataset(self, dataset) -> None:
+        """Use an already loaded dataset for this session (a fit right after loading reads no betas again)."""
+        with self._lock:
+            self._cache["dataset"] = dataset
+
+    @property
+    def images(self):
+        """The stimulus images in feature-row order (lazy).
+
+        NSD-layout sources (the synthetic world included) are opened from the stimulus brick and the stored
+        image ids alone, without reading any betas; other sources are reopened through their loader.
+        """
+        with self._lock:
+            if "images" not in self._cache:
+                self._cache["images"] = self._open_images()
+            return self._cache["images"]
+
+    def _open_images(self):
+        source = self.manifest.source
+        if not source:
+            raise MineInputError("the manifest names no dataset; recompute the features with `napari-mine features`.")
+        if self.manifest.source_format == "nsd" and self.has("features"):
+            from napari_mine.data import ImageStore
+            from napari_mine.data.nsd import NsdTree
+
+            tree = NsdTree(source["root"], int(source.get("subject", 1)))
+            stimuli = tree.require("nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5")
+            return ImageStore.from_hdf5(stimuli, self.image_ids)
+        return self.dataset().images
+
+    def backbone(self, checkpoint: str | os.PathLike | None = None, device: str = "auto"):
+        """The backbone that made these results, loaded once per session and checked against the record.
+
+        A checkpoint recorded at feature time is reused when no other is given; a file whose weights have
+        another checksum is refused.
+        """
+        record = self.manifest.model
+        checkpoint = checkpoint or record.checkpoint
+        if checkpoint is not None and not Path(checkpoint).expanduser().is_file() and checkpoint == record.checkpoint:
+            raise MineInputError(f"{self.root} was computed from the weights file {checkpoint}, which is no longer "
+                                 "there; pass the file's new place (--checkpoint PATH, or Data & model's checkpoint).")
+        backbone = shared_backbone(record.name, record.pretrained, checkpoint, device)
+        self.check_model(backbone.record["id"])
+        return backbone
+
+    def default_vocabulary(self) -> str:
+        """The vocabulary the profiles used, else "synthetic" for the synthetic world, else "general"."""
+        used = self.manifest.settings("profiles").get("vocabulary")
+        if used:
+            return used
+        return "synthetic" if self.manifest.world_root is not None else "general"
+
+    def concept_space(self, name: str | None = None, checkpoint: str | None = None):
+        """A vocabulary ("synthetic", "general" or a file) embedded by this folder's own model, once."""
+        from napari_mine.vocabulary import concept_space, vocabulary_named
+
+        name = name or self.default_vocabulary()
+        key = ("space", name)
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        space = concept_space(vocabulary_named(name), self.backbone(checkpoint))
+        self.check_model(space.model_id)
+        with self._lock:
+            self._cache[key] = space
+        return space
+
+    # ---- queries ---------------------------------------------------------------------------------
+    def top_images(self, target: int, k: int = 10, by: str = "predicted", responses=None):
+        """The ``k`` rows that drive a target most, by predicted or by measured response, highest first.
+
+        Returns
+        -------
+        rows : int array (≤ k,)
+        values : float array (≤ k,)
+            The responses they were ranked by.
+        """
+        target = int(self.checked_targets([target])[0])
+        if int(k) < 1:
+            raise MineInputError(f"k={k} images were asked for; ask for at least one.")
+        if by == "predicted":
+            values = self.predict([target])[:, 0]
+        elif by == "measured":
+            values = _measured_column(responses, self.n_images, self.n_targets, target)
+        else:
+            raise MineInputError(f"unknown ranking {by!r}; use by='predicted' or by='measured'.")
+        valid = np.flatnonzero(np.isfinite(values))
+        rows = valid[np.argsort(-values[valid], kind="stable")[: int(k)]]
+        return rows, values[rows]
+
+    def image_map(self, target: int, row: int, space=None) -> ImageAttribution:
+        """The exact patch map of ``target`` on image ``row``; with a concept space, its description too."""
+        from napari_mine.attribution import patch_attribution, spatial_fraction, to_patch_grid
+
+        row = self.checked_row(row)
+        target = int(self.checked_targets([target])[0])
+        weights, bias = self.weights()
+        tokens = self.tokens([row])[0]
+        w, b = weights[:, target], float(bias[target])
+        scores = patch_attribution(tokens, w)
+        predicted = float(scores.sum() + self.rest()[row] @ w + b)
+        fraction = float(np.squeeze(spatial_fraction(tokens, self.rest()[row], w, b)))
+        result = ImageAttribution(target, row, to_patch_grid(scores), predicted, fraction)
+        if space is not None:
+            description = self.describe(row, target, space, tokens=tokens)
+            result.description = description.text
+            result.concepts = [(c, float(v)) for c, v in zip(description.concepts, description.scores)]
+        return result
+
+    def whole_brain_map(self, row: int, grid: bool = True) -> np.ndarray:
+        """The attribution of one image for every target, ``C(x) W̃``: (g, g, V), or (T, V) token scores."""
+        from napari_mine.attribution import patch_attribution, to_patch_grid
+
+        scores = patch_attribution(self.tokens([self.checked_row(row)])[0], self.weights()[0])
+        return to_patch_grid(scores, axis=0) if grid else scores
+
+    def target_maps(self, target: int, workers: int | None = None) -> np.ndarray:
+        """One target's patch maps over every image, ``C · w̃_v`` (N, g, g).
+
+        Each storage chunk is read and projected on its own by a few threads at once (decompressing chunk by
+        chunk in parallel reads several times faster than one large read), so memory holds about
+        ``workers`` chunks however many images there are.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from napari_mine.attribution import patch_attribution, to_patch_grid
+
+        target = int(self.checked_targets([target])[0])
+        weight = self.weights()[0][:, target]
+        tokens = self._tokens_array()
+        step = tokens.chunks[0]
+        with ThreadPoolExecutor(workers or min(READ_WORKERS, os.cpu_count() or 1)) as pool:
+            parts = pool.map(lambda start: patch_attribution(np.asarray(tokens[start:start + step], np.float32), weight),
+                             range(0, tokens.shape[0], step))
+            return to_patch_grid(np.concatenate(list(parts)))
+
+    def describe(self, row: int, target: int, space, *, tokens=None, **options):
+        """:func:`describe.describe_image` of ``target`` on image ``row``."""
+        from napari_mine.describe import describe_image
+
+        self.check_model(space.model_id)
+        row = self.checked_row(row)
+        target = int(self.checked_targets([target])[0])
+        tokens = self.tokens([row])[0] if tokens is None else tokens
+        return describe_image(tokens, self.weights()[0][:, target], space, **options)
+
+    def saved_profiles(self, space):
+        """The profiles step's results when they were computed in ``space``'s vocabulary, else None."""
+        from napari_mine.describe import VoxelProfiles
+
+        if not self.has("profiles") or self.manifest.settings("profiles").get("vocabulary_digest") != \
+                space.vocabulary.digest:
+            return None
+        with self._lock:
+            if "profiles" not in self._cache:
+                group = self.group("profiles")
+                arrays = {name: np.asarray(group[name][...])
+                          for name in ("scores", "baseline", "top_images", "region_mass", "voxels")}
+                self._cache["profiles"] = VoxelProfiles(tuple(group.attrs["concepts"]), **arrays)
+            return self._cache["profiles"]
+
+    def profiles(self, space, targets=None, *, top_k: int | None = None, mass: float | None = None,
+                 use_saved: bool = True, block: int | None = None):
+        """Profiles (VoxelProfiles) of ``targets`` (default all): the saved ones when they cover them, else
+        computed from each target's top images, in blocks that read only their top images' tokens."""
+        import dataclasses
+
+        from napari_mine import describe
+
+        self.check_model(space.model_id)
+        targets = self.checked_targets(targets)
+        saved = self.saved_profiles(space) if use_saved and top_k is None and mass is None else None
+        if saved is not None:
+            rows = np.searchsorted(saved.voxels, targets)
+            inside = np.minimum(rows, len(saved.voxels) - 1)
+            if np.all(rows < len(saved.voxels)) and np.array_equal(saved.voxels[inside], targets):
+                return describe.VoxelProfiles(saved.concepts, saved.scores[rows], saved.baseline[rows],
+                                              saved.top_images[:, rows], saved.region_mass[rows], targets)
+        weights, _ = self.weights()
+        options = {"mass": describe.DEFAULT_MASS if mass is None else mass}
+        step = block or describe.STORE_VOXEL_BLOCK
+        blocks = []
+        for start in range(0, len(targets), step):
+            chunk = targets[start:start + step]
+            top = describe.top_images(self.predict(chunk), top_k or describe.DEFAULT_TOP_K)
+            rows, local = np.unique(top, return_inverse=True)
+            part = describe.voxel_profiles(self.tokens(rows), weights[:, chunk], local.reshape(top.shape), space,
+                                           voxels=chunk, **options)
+            blocks.append(dataclasses.replace(part, top_images=rows[part.top_images]))
+        return describe.VoxelProfiles(space.vocabulary.concepts, np.concatenate([b.scores for b in blocks]),
+                                      np.concatenate([b.baseline for b in blocks]),
+                                      np.concatenate([b.top_images for b in blocks], axis=1),
+                                      np.concatenate([b.region_mass for b in blocks]), targets)
+
+    def roi_profiles(self, profiles, roi: str) -> dict[str, np.ndarray]:
+        """Mean profile of each label of ROI volume ``roi`` (e.g. "floc-faces" → FFA-1, FFA-2, …)."""
+        from napari_mine.describe import roi_profiles
+
+        values = self.space.roi_values(roi)
+        return roi_profiles(profiles.scores, values[profiles.voxels], self.space.rois[roi][1])
+
+    def roi_clusters(self, profiles, roi: str, label: int | str, *, k_range=None, seed: int = 0):
+        """Cluster the profiles of one ROI label's targets: (Clustering, the targets clustered)."""
+        from napari_mine.describe import DEFAULT_K_RANGE, cluster_voxels
+
+        value = self.space.label_value(roi, label)
+        rows = np.flatnonzero(self.space.roi_values(roi)[profiles.voxels] == value)
+        return cluster_voxels(profiles.scores[rows], k_range or DEFAULT_K_RANGE, seed), profiles.voxels[rows]
+
+    def report(self, target: int, row: int | None, k: int, space=None) -> TargetReport:
+        """The whole inspector panel for a target: info, top images, profile and the map on image ``row``."""
+        info = self.info(target)
+        if not self.is_fitted:
+            return TargetReport(info, np.zeros(0, int), np.zeros(0), [], None)
+        rows, values = self.top_images(target, k)
+        images = self.images  # one read per image: h5py's fancy indexing of scattered rows is ~10x slower
+        thumbnails = [images[int(r)] for r in rows]
+        image = None if row is None else self.image_map(target, row, space)
+        profile = [] if space is None else self.profiles(space, [target]).ranked(0, 10)
+        return TargetReport(info, rows, values, thumbnails, image, profile, "" if space is None else space.vocabulary.name)
+
+    def roi_report(self, roi: str, label: int, space, k_range=(2, 6), seed: int = 0) -> RoiReport:
+        """Mean profile of one ROI label, and its targets clustered by profile into sub-populations."""
+        from napari_mine.describe import cluster_voxels, labels_volume, top_concepts
+
+        if roi not in self.space.rois:
+            raise MineInputError(f"{self.root.name} has no ROI volume {roi!r}; choose one of {sorted(self.space.rois)}.")
+        name = self.space.rois[roi][1].get(label, f"{roi}-{label}")
+        targets = np.flatnonzero(self.space.roi_values(roi) == label)
+        if targets.size < 3:
+            raise MineInputError(f"{name} has {targets.size} voxels inside the mask; choose a larger ROI.")
+        profiles = self.profiles(space, targets)
+        concepts = profiles.concepts
+        clustering = cluster_voxels(profiles.scores, k_range=k_range, seed=seed)
+        clusters = labels_volume(clustering.labels, self.space.mask, targets)
+        cluster_profiles, sizes = [], []
+        for cluster in range(1, clustering.k + 1):
+            members = clustering.labels == cluster
+            sizes.append(int(members.sum()))
+            cluster_profiles.append(top_concepts(profiles.scores[members].mean(axis=0), concepts, 3))
+        return RoiReport(roi, name, int(targets.size), top_concepts(profiles.scores.mean(axis=0), concepts, 10),
+                         top_concepts(profiles.baseline.mean(axis=0), concepts, 10), clusters, cluster_profiles,
+                         sizes, clustering.silhouettes, space.vocabulary.name)
+
+
+def _measured_column(responses, n_images: int, n_targets: int, column: int) -> np.ndarray:
+    if responses is None:
+        raise MineInputError("ranking by measured response needs `responses`; pass the responses per image row "
+                             "or use by='predicted'.")
+    responses = np.asarray(responses, dtype=np.float64)
+    if responses.shape not in ((n_images,), (n_images, n_targets)):
+        raise MineInputError(f"responses of shape {responses.shape} do not match the {n_images} images and "
+                             f"{n_targets} targets; pass (N,) for the target or (N, V), one row per image row.")
+    return responses if responses.ndim == 1 else responses[:, column]
+
+
+# ------------------------------------------------------------------------------------------------ sessions
+
+
+_sessions: OrderedDict[str, tuple[tuple, Results]] = OrderedDict()
+_sessions_lock = threading.Lock()
+
+
+def open_results(root: str | os.PathLike) -> Results:
+    """The shared read session of ``root`` (the viewer's docks all use it), reopened whenever its manifest
+    changed (a step was added); at most ``OPEN_SESSIONS`` are kept, least recently used out first."""
+    root = str(Path(root).resolve())
+    try:
+        stat = os.stat(Path(root) / MANIFEST)
+    except OSError:
+        return Results.open(root)  # says why it is not a results folder
+    stamp = (stat.st_mtime_ns, stat.st_ino, stat.st_size)
+    with _sessions_lock:
+        cached = _sessions.get(root)
+        if cached is not None and cached[0] == stamp:
+            _sessions.move_to_end(root)
+            return cached[1]
+    session = Results.open(root)
+    if cached is not None and "dataset" in cached[1]._cache:
+        session.keep_dataset(cached[1]._cache["dataset"])  # a new step does not change the data it came from
+    with _sessions_lock:
+        _sessions[root] = (stamp, session)
+        _sessions.move_to_end(root)
+        while len(_sessions) > OPEN_SESSIONS:
+            _sessions.popitem(last=False)
+    return session
+
+
+_backbones: OrderedDict[tuple, object] = OrderedDict()
+_backbones_lock = threading.Lock()
+
+
+def shared_backbone(name: str, pretrained: str | None = None, checkpoint: str | None = None, device: str = "auto"):
+    """One loaded backbone per (name, weights, device) for the whole session, a few kept (least recent out)."""
+    from napari_mine.models.backbone import load_backbone, resolve_device
+
+    device = resolve_device(device)
+    pretrained = None if checkpoint else pretrained
+    key = (name, pretrained, None if checkpoint is None else str(checkpoint), device)
+    with _backbones_lock:
+        if key in _backbones:
+            _backbones.move_to_end(key)
+            return _backbones[key]
+        backbone = load_backbone(name, pretrained=pretrained, checkpoint=checkpoint, device=device)
+        _backbones[key] = backbone
+        while len(_backbones) > LOADED_BACKBONES:
+            _backbones.popitem(last=False)
+        return backbone
