@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from napari_mine._reader import META
-from napari_mine._widgets._store_view import import_torch
+from napari_mine.models.backbone import import_torch
 
 # Load torch, open_clip and triton before any napari canvas exists: with Mesa's software OpenGL (Xvfb) in
 # the process, a first import of triton afterwards (open_clip → torchvision → torch._dynamo) crashes it.
@@ -40,14 +40,14 @@ def tiny_world(tmp_path_factory):
 @pytest.fixture(scope="session")
 def fitted_store(tiny_world):
     """The world's results store with features and a fitted encoder (read-only for the tests)."""
-    from napari_mine._widgets._store_view import shared_backbone
     from napari_mine.data import load_nsd
-    from napari_mine.pipeline import compute_features, fit_encoder_step, model_record
+    from napari_mine.pipeline import compute_features, fit_encoder_step
+    from napari_mine.results import shared_backbone
     from napari_mine.store import ResultsStore
 
     dataset = load_nsd(tiny_world, subject=1)
     backbone = shared_backbone("mine-small", None, None)
-    store = ResultsStore.create(tiny_world.parent / "results", model=model_record(backbone), dataset=dataset.source)
+    store = ResultsStore.create(tiny_world.parent / "results", model=backbone.record, dataset=dataset.source)
     compute_features(dataset, backbone, store)
     fit_encoder_step(dataset, store)
     return store.root.resolve()
@@ -92,12 +92,12 @@ def click(viewer, widget, position, view_direction=None):
 
 def good_voxel(store):
     """A well-predicted voxel with a labelled category ROI (what a researcher would click)."""
-    from napari_mine._widgets._store_view import open_view
+    from napari_mine.results import open_results
 
-    view = open_view(store)
-    faces = view.rois["floc-faces"][0][view.mask] > 0
+    view = open_results(store)
+    faces = view.space.roi_values("floc-faces") > 0
     voxel = int(np.nanargmax(np.where(faces, view.accuracy["r"], -np.inf)))
-    return voxel, view.ijk_of(voxel)
+    return voxel, view.space.ijk_of(voxel)
 
 
 # ---- sample data and the viewer helper ----------------------------------------------------------------
@@ -129,10 +129,10 @@ def test_view_results_docks_the_widgets_on_the_store(fitted_store, qtbot):
 
 
 def test_stimuli_are_read_lazily_in_store_row_order(viewer_with_store, fitted_store):
-    from napari_mine._widgets._store_view import open_view
+    from napari_mine.results import open_results
 
     stimuli = layer_of(viewer_with_store, "stimuli")
-    images = open_view(fitted_store).images
+    images = open_results(fitted_store).images
     np.testing.assert_array_equal(np.asarray(stimuli.data[7, 0]), images[7])
 
 
@@ -226,12 +226,12 @@ def test_click_outside_the_mask_only_informs(viewer_with_store, qtbot):
 
 
 def test_click_in_3d_picks_the_first_mask_voxel_along_the_ray(viewer_with_store, fitted_store, qtbot):
-    from napari_mine._widgets._store_view import open_view
+    from napari_mine.results import open_results
 
     viewer = viewer_with_store
     inspector = dock(viewer, "Voxel inspector")
     viewer.dims.ndisplay = 3
-    mask = open_view(fitted_store).mask
+    mask = open_results(fitted_store).space.mask
     _, ijk = good_voxel(fitted_store)
     first = next(i for i in range(mask.shape[0]) if mask[i, ijk[1], ijk[2]])  # along +x from outside
     brain = layer_of(viewer, "accuracy")
@@ -248,13 +248,13 @@ def test_a_failing_job_shows_an_error_and_the_viewer_keeps_working(viewer_with_s
                                                                    monkeypatch):
     from napari.utils.notifications import notification_manager
 
-    from napari_mine._widgets._store_view import StoreView
+    from napari_mine.results import Results
 
     viewer = viewer_with_store
     inspector = dock(viewer, "Voxel inspector")
     _, ijk = good_voxel(fitted_store)
     with monkeypatch.context() as patch:
-        patch.setattr(StoreView, "report", lambda *args: (_ for _ in ()).throw(RuntimeError("disk vanished")))
+        patch.setattr(Results, "report", lambda *args: (_ for _ in ()).throw(RuntimeError("disk vanished")))
         with qtbot.waitSignal(inspector.updated, timeout=TIMEOUT_MS) as blocker:
             click(viewer, inspector, world_position(viewer, ijk))
     assert blocker.args == ["failed"]
@@ -330,15 +330,16 @@ def test_fit_runs_to_completion_and_shows_the_accuracy_map(make_napari_viewer, t
     fit = dock(viewer, "Fit")
     seen = []
     with qtbot.waitSignal(fit.job_finished, timeout=TIMEOUT_MS) as blocker:
-        worker = fit.run()
-        worker.yielded.connect(seen.append)
+        job = fit.run()
+        job.worker.yielded.connect(seen.append)
     assert blocker.args == ["done"]
-    assert any(stage.startswith("Decomposing") and total == N_IMAGES for stage, _, total in seen)
+    reports = [report for report in seen if report is not None]  # None: the worker's heartbeats
+    assert any(stage.startswith("Decomposing") and total == N_IMAGES for stage, _, total in reports)
     store = ResultsStore.open(tmp_path / "results")
     assert store.has("features") and store.has("encoder")
     accuracy = layer_of(viewer, "accuracy")
-    mask = store.array("brain", "mask")
-    np.testing.assert_array_equal(accuracy.data[mask], store.array("encoder", "accuracy/normalized_r"))
+    mask = store.results().space.mask
+    np.testing.assert_array_equal(accuracy.data[mask], store.results().accuracy["normalized_r"])
     assert np.isnan(accuracy.data[~mask]).all()
     assert not [layer for layer in viewer.layers if layer.metadata[META].get("role") == "mask"]
     assert "median r / noise ceiling" in fit.stage.text()
@@ -350,13 +351,23 @@ def test_fit_cancelled_during_features_leaves_the_store_unchanged(make_napari_vi
     viewer = make_napari_viewer()
     open_world(viewer, tiny_world, tmp_path / "results", qtbot)
     fit = dock(viewer, "Fit")
+    said, aside = [], []
+
+    def cancel_once(report):
+        if report and report[0].startswith("Decomposing") and not said:
+            fit.cancel()
+            said.append(fit.stage.text())
+
+    def on_finished(outcome):  # "Cancelled" is said only once the step has stopped writing
+        aside.extend(p.name for p in (tmp_path / "results").iterdir() if p.name.startswith(".features"))
+
+    fit.job_finished.connect(on_finished)
     with qtbot.waitSignal(fit.job_finished, timeout=TIMEOUT_MS) as blocker:
-        worker = fit.run()
-        worker.yielded.connect(lambda report: report[0].startswith("Decomposing") and fit.cancel())
+        job = fit.run()
+        job.worker.yielded.connect(cancel_once)
     assert blocker.args == ["cancelled"]
-    assert "Cancelled" in fit.stage.text()
-    qtbot.waitUntil(lambda: not [p for p in (tmp_path / "results").iterdir() if p.name.startswith(".features")],
-                    timeout=TIMEOUT_MS)
+    assert said == ["Cancelling…"] and "Cancelled" in fit.stage.text() and aside == []
+    assert job.ended.is_set()
     store = ResultsStore.open(tmp_path / "results")
     assert not store.has("features") and not store.has("encoder")
     assert fit.run_button.isEnabled()
@@ -439,20 +450,20 @@ def open_editor(viewer, qtbot):
 
 def editor_study(fitted_store, world):
     """The study the editor builds for the synthetic world (procedural generator and true brain)."""
-    from napari_mine._widgets._store_view import shared_backbone
+    from napari_mine.results import shared_backbone
     from napari_mine.generate import ProceduralGenerator
     from napari_mine.store import ResultsStore
     from napari_mine.synthetic.truth import load_truth
     from napari_mine.validate import open_study
 
-    return open_study(ResultsStore.open(fitted_store), shared_backbone("mine-small", None, None),
-                      ProceduralGenerator.from_world(world), load_truth(world))
+    return open_study(ResultsStore.open(fitted_store).results(), ProceduralGenerator.from_world(world),
+                      load_truth(world), backbone=shared_backbone("mine-small", None, None))
 
 
 def test_editor_removes_the_driving_feature_then_a_cancelled_edit_adds_nothing(viewer_with_store, fitted_store,
                                                                                tiny_world, qtbot):
     from napari_mine._widgets._editor import PROCEDURAL
-    from napari_mine._widgets._store_view import open_view
+    from napari_mine.results import open_results
     from napari_mine.counterfactual import edit_for_voxel
 
     viewer = viewer_with_store
@@ -471,7 +482,7 @@ def test_editor_removes_the_driving_feature_then_a_cancelled_edit_adds_nothing(v
     assert edited.rgb and edited.data.shape == (1, *stimuli.data.shape[2:])
     np.testing.assert_array_equal(edited.data[0], expected.edited)
     assert edited.translate[-1] > stimuli.translate[-1] + stimuli.scale[-1] * stimuli.data.shape[3] / 2
-    delta_map, mask = layer_of(viewer, "delta"), open_view(fitted_store).mask
+    delta_map, mask = layer_of(viewer, "delta"), open_results(fitted_store).space.mask
     assert delta_map.data.shape == layer_of(viewer, "accuracy").data.shape == mask.shape
     np.testing.assert_allclose(delta_map.data[mask], expected.brain_delta, atol=1e-5)
     assert np.isnan(delta_map.data[~mask]).all()
@@ -497,15 +508,15 @@ def test_editor_removes_the_driving_feature_then_a_cancelled_edit_adds_nothing(v
 
 def test_editor_inserts_a_concept_picked_from_the_voxels_profile(viewer_with_store, fitted_store, tiny_world,
                                                                   qtbot):
-    from napari_mine._widgets._store_view import open_view
+    from napari_mine.results import open_results
     from napari_mine.counterfactual import edit_for_voxel, profile_concepts
 
     viewer = viewer_with_store
     voxel, row = select_voxel_and_top_image(viewer, fitted_store, qtbot)
     editor = open_editor(viewer, qtbot)
-    view = open_view(fitted_store)
+    view = open_results(fitted_store)
     space = view.concept_space()
-    suggested = profile_concepts(view.profiles([voxel], space).scores[0], space.vocabulary)
+    suggested = profile_concepts(view.profiles(space, [voxel]).scores[0], space.vocabulary)
     assert [editor.concept.itemText(i) for i in range(editor.concept.count())] == suggested
     editor.action.setCurrentIndex(editor.action.findData("insert"))
     assert editor.concept.isEnabled() and editor.region.value() == 15
@@ -527,7 +538,7 @@ def test_a_failing_generator_is_reported_and_the_editor_keeps_working_with_diffu
     from napari.utils.notifications import notification_manager
 
     from napari_mine._widgets._editor import DIFFUSERS
-    from napari_mine._widgets._store_view import open_view, shared_backbone
+    from napari_mine.results import open_results, shared_backbone
     from napari_mine.counterfactual import edit_for_voxel
     from napari_mine.generate import DiffusionGenerator, random_pipeline
     from napari_mine.validate import open_study
@@ -550,9 +561,9 @@ def test_a_failing_generator_is_reported_and_the_editor_keeps_working_with_diffu
     with qtbot.waitSignal(editor.job_finished, timeout=TIMEOUT_MS) as blocker:
         editor.run()
     assert blocker.args == ["done"]
-    view = open_view(fitted_store)
-    study = open_study(view.store, shared_backbone("mine-small", None, None),
-                       DiffusionGenerator.load(tmp_path / "sd", steps=2), images=view.images)
+    view = open_results(fitted_store)
+    study = open_study(view, DiffusionGenerator.load(tmp_path / "sd", steps=2), images=view.images,
+                       backbone=shared_backbone("mine-small", None, None))
     expected = edit_for_voxel(study, voxel, row, "remove")
     shown = float(re.search(r"Δ = ([+-][0-9.]+)", editor.delta.text()).group(1))
     assert shown == pytest.approx(expected.delta, abs=2e-3)

@@ -7,19 +7,23 @@ selected voxel" of a store by looking at the layer list, never at another widget
 
 from __future__ import annotations
 
+import atexit
+import inspect
 import logging
 import queue
 import threading
+import time
 import traceback
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
-from qtpy.QtCore import QRectF, Qt
+from qtpy.QtCore import QEvent, QObject, QRectF, Qt
 from qtpy.QtGui import QColor, QImage, QPainter, QPixmap
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QWidget
 
 from napari_mine._reader import META
-from napari_mine.errors import MineInputError
+from napari_mine.errors import Cancelled, MineInputError
 
 BRAIN_ROLES = ("accuracy", "anatomy", "mask", "roi", "clusters")
 SHARED_CHOICES = ("checkpoint", "vocabulary")  # set in Data and model, read by the other widgets
@@ -129,28 +133,28 @@ def show_layer_tuples(viewer, tuples, extra: dict | None = None) -> list:
 
 
 # ---- jobs -------------------------------------------------------------------------------------------
+# Every job of every dock starts through `start_job`: the job's code runs in a helper thread (plain Python, no
+# Qt), pumped by a napari generator thread worker that passes its reports to the main thread and can be
+# aborted at any heartbeat. A stop request sets the job's flag: engine steps end at their next check (leaving
+# the store as it was), generator jobs at their next report, and a plain function's result is dropped. The
+# outcome ("done", "failed" or "cancelled") is known only when the job's code has ended, so a dock says
+# "Cancelled" when the step has stopped, not when the request was made. Closing a dock (removing or deleting
+# it), quitting the application or leaving the interpreter stops the jobs, drops their callbacks and waits
+# (bounded) for their code to end, so nothing is half-written and no callback reaches a deleted Qt object.
+HEARTBEAT_S = 0.1  # a silent job's worker checks this often whether it was aborted
+CLOSE_WAIT_S = 20.0  # the longest a closing dock, application or interpreter waits for its jobs to end
+DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
+_END = object()
+_live_jobs: set[Job] = set()  # started, and their worker has not finished: across all docks
+_exit_hooks: list = []  # installed once, by the first job
+
+
 @dataclass
 class Failure:
     """What a job raised, handed back to the main thread instead of being raised there."""
 
     error: Exception
     trace: str
-
-
-def guarded(function, *args, **kwargs):
-    """Run ``function``; an exception comes back as a Failure (shown by ``report_failure``)."""
-    try:
-        return function(*args, **kwargs)
-    except Exception as error:  # every failure of a job is reported to the user, none kills the viewer
-        return Failure(error, traceback.format_exc())
-
-
-def guarded_generator(generator_function, *args, **kwargs):
-    """Like ``guarded`` for a generator job: its yields pass through, an exception is returned."""
-    try:
-        return (yield from generator_function(*args, **kwargs))
-    except Exception as error:  # as in guarded
-        return Failure(error, traceback.format_exc())
 
 
 def report_failure(value) -> bool:
@@ -167,30 +171,299 @@ def report_failure(value) -> bool:
     return True
 
 
-def start_job(function, *args, returned, finished=None, **kwargs):
-    """Run ``function(*args, **kwargs)`` in a thread worker; ``returned`` gets the result (or a Failure) and
-    ``finished`` is called, on the main thread.
+class Job:
+    """A running job of a dock widget (made by :func:`start_job`).
 
-    Pass bound methods of a QObject (a widget): Qt then drops the connections if the widget is deleted
-    before the job ends. They are connected before the worker starts, so no signal can be missed.
+    ``stop`` is the job's cooperative stop flag, ``ended`` is set (in the helper thread) once the job's code
+    has returned or raised, ``outcome`` is "done", "failed" or "cancelled" once the worker has finished,
+    and ``worker`` is the napari generator worker (its ``yielded`` signal carries the job's reports, and
+    ``None`` at each heartbeat).
+    """
+
+    def __init__(self, owner_jobs: _DockJobs, name: str, callbacks: dict, progress=None):
+        self.name = name
+        self.stop = threading.Event()
+        self.ended = threading.Event()
+        self.outcome = ""
+        self.worker = None
+        self._owner_jobs = owner_jobs
+        self._callbacks: dict | None = callbacks  # None once abandoned: nothing reaches the dock any more
+        self.progress = progress
+        self._value = None
+        self._result = Failure(RuntimeError(f"the job {name} ended without a result"), "")
+        self._helper_started = False
+        self._in_run = threading.Event()  # the worker's run() began in a pool thread
+        self._out_of_run = threading.Event()  # ... and has returned
+
+    def __repr__(self) -> str:
+        return f"napari-mine job {self.name}"
+
+    @property
+    def running(self) -> bool:
+        """True until the worker has finished."""
+        return self in _live_jobs
+
+    def cancel(self) -> None:
+        """Ask the job to stop; its callbacks still run, with the outcome "cancelled" once its code ended."""
+        self.stop.set()
+
+    def abandon(self, exiting: bool = False) -> None:
+        """Stop the job and drop its callbacks (its dock is going away); its worker ends at the next heartbeat.
+
+        Does not wait: see :meth:`wait`.
+        """
+        from qtpy.QtCore import QThreadPool
+
+        self._callbacks = None
+        self.stop.set()
+        self._owner_jobs.jobs.discard(self)
+        self._close_progress()
+        if self.worker is None:
+            return
+        self.worker.abort()
+        if not self._in_run.is_set() and QThreadPool.globalInstance().tryTake(self.worker):
+            self._out_of_run.set()  # it was still queued: it will never run
+            _live_jobs.discard(self)
+            if not exiting:
+                self.worker.finished.emit()  # for napari's task list (the job's own handler ignores it now)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) until the job's code and its worker thread have ended."""
+        deadline = time.monotonic() + timeout
+        if self._in_run.is_set():
+            self._out_of_run.wait(max(0.0, deadline - time.monotonic()))
+        if self._helper_started:
+            self.ended.wait(max(0.0, deadline - time.monotonic()))
+        over = (self.ended.is_set() or not self._helper_started) and (
+            self._out_of_run.is_set() or not self._in_run.is_set())
+        if over:
+            _live_jobs.discard(self)
+        return over
+
+    # ---- in the worker's threads ------------------------------------------------------------------------
+    def _pump(self, function, args, kwargs):
+        """The worker's generator (a pool thread): run the job in a helper thread and pass its reports on."""
+        reports: queue.SimpleQueue = queue.SimpleQueue()
+        helper = threading.Thread(target=self._run, args=(function, args, kwargs, reports), daemon=True,
+                                  name=f"napari-mine {self.name}")
+        self._helper_started = True
+        helper.start()
+        while True:
+            try:
+                report = reports.get(timeout=HEARTBEAT_S)
+            except queue.Empty:
+                yield None  # a chance for the worker to be aborted
+                continue
+            if report is _END:
+                return self._result
+            yield report
+
+    def _run(self, function, args, kwargs, reports) -> None:
+        """The job's code (the helper thread): its result, or its error as a Failure, goes to ``_result``."""
+        try:
+            if inspect.isgeneratorfunction(function):
+                self._result = _drive(function(*args, stop=self.stop, **kwargs), self.stop, reports.put)
+            else:
+                self._result = function(*args, **kwargs)
+        except Exception as error:  # every failure of a job is reported to the user, none kills the viewer
+            self._result = Failure(error, traceback.format_exc())
+        finally:
+            self.ended.set()
+            reports.put(_END)
+
+    # ---- on the main thread ---------------------------------------------------------------------------
+    def _on_yielded(self, report) -> None:
+        callbacks = self._callbacks
+        if callbacks and callbacks["yielded"] is not None:
+            callbacks["yielded"](report)
+
+    def _on_returned(self, value) -> None:
+        self._value = value
+
+    def _on_finished(self) -> None:
+        callbacks, self._callbacks = self._callbacks, None
+        _live_jobs.discard(self)
+        self._owner_jobs.jobs.discard(self)
+        self._close_progress()
+        if callbacks is None:  # abandoned: its dock is gone or going
+            return
+        value = self._value
+        if self.stop.is_set() or (isinstance(value, Failure) and isinstance(value.error, Cancelled)):
+            self.outcome = CANCELLED
+        else:
+            self.outcome = FAILED if isinstance(value, Failure) else DONE
+            if callbacks["returned"] is not None:
+                callbacks["returned"](value)
+        if callbacks["finished"] is not None:
+            callbacks["finished"](self.outcome)
+
+    def _close_progress(self) -> None:
+        progress, self.progress = self.progress, None
+        if progress is not None:
+            progress.close()
+
+
+def _drive(generator, stop: threading.Event, report):
+    """Run a generator job to its end, passing its reports to ``report``; after a stop request it is closed at
+    its next report (a running engine step ends first, see :func:`steps_of`) and Cancelled is raised."""
+    try:
+        while True:
+            try:
+                item = next(generator)
+            except StopIteration as end:
+                return end.value
+            report(item)
+            if stop.is_set():
+                raise Cancelled("the job was cancelled.")
+    finally:
+        generator.close()
+
+
+def start_job(owner, function, *args, returned=None, finished=None, yielded=None, progress=None,
+              **kwargs) -> Job:
+    """Start ``function(*args, **kwargs)`` for the dock widget ``owner``: the one way a dock runs a job.
+
+    A generator function is a staged job: it is called with ``stop=`` (a ``threading.Event``) as well, yields
+    reports (``yielded`` receives them on the main thread, and None at each heartbeat) and returns its result.
+    ``returned`` receives the result, or a :class:`Failure` (see :func:`report_failure`), unless the job was
+    cancelled; ``finished`` then receives the outcome ("done", "failed" or "cancelled"). ``progress`` is a
+    description (an indeterminate bar in napari's activity dock) or a napari progress bar, closed when the job
+    ends.
+
+    The callbacks run on the main thread, only while the dock is docked and alive: removing or deleting it
+    abandons its jobs (see :class:`Job`). Returns the Job.
     """
     from napari.qt.threading import create_worker
+    from napari.utils import progress as napari_progress
 
-    worker = create_worker(guarded, function, *args, _start_thread=False, **kwargs)
-    worker.returned.connect(returned)
-    if finished is not None:
-        worker.finished.connect(finished)
+    owner_jobs = _dock_jobs(owner)
+    name = getattr(function, "__name__", "job")
+    bar = napari_progress(total=0, desc=progress) if isinstance(progress, str) else progress
+    job = Job(owner_jobs, name, {"returned": returned, "finished": finished, "yielded": yielded}, bar)
+    job.worker = worker = create_worker(job._pump, function, args, kwargs, _start_thread=False,
+                                        _worker_class=_job_worker_class())
+    worker.job = job
+    worker.yielded.connect(job._on_yielded)
+    worker.returned.connect(job._on_returned)
+    worker.finished.connect(job._on_finished)
+    owner_jobs.jobs.add(job)
+    _live_jobs.add(job)
+    _install_exit_hooks()
     worker.start()
-    return worker
+    return job
 
 
-def steps_of(function, *args, stop: threading.Event, heartbeat_s: float = 0.1, **kwargs):
+def stop_jobs(jobs, timeout: float = CLOSE_WAIT_S, exiting: bool = False) -> bool:
+    """Abandon ``jobs`` and wait, at most ``timeout`` seconds in all, for their code to end; True if all did."""
+    jobs = list(jobs)
+    for job in jobs:
+        job.abandon(exiting)
+    deadline = time.monotonic() + timeout
+    stuck = [job.name for job in jobs if not job.wait(max(0.0, deadline - time.monotonic()))]
+    if stuck:
+        log.warning("napari-mine: jobs still running after %.0f s: %s", timeout, ", ".join(stuck))
+    return not stuck
+
+
+_worker_classes: list = []
+
+
+def _job_worker_class():
+    """napari's GeneratorWorker, made safe to outlive its dock (defined on first use: napari loads late)."""
+    if _worker_classes:
+        return _worker_classes[0]
+    from napari.qt.threading import GeneratorWorker
+
+    class JobWorker(GeneratorWorker):
+        """A job's worker: ``quit()`` (napari's activity dock, the viewer's close) is a stop request that lets
+        the job end cleanly; ``abort()`` ends the worker at its next heartbeat. Its end is known off the main
+        thread, and a signal object deleted under it (the viewer is gone) ends it quietly."""
+
+        job: Job
+
+        def quit(self) -> None:
+            self.job.cancel()
+
+        def abort(self) -> None:
+            super().quit()
+
+        def run(self) -> None:
+            self.job._in_run.set()
+            try:
+                super().run()
+            except RuntimeError:  # "wrapped C/C++ object ... has been deleted": nobody is left to tell
+                pass
+            finally:
+                self.job._out_of_run.set()
+
+    _worker_classes.append(JobWorker)
+    return JobWorker
+
+
+class _DockJobs:
+    """The running jobs of one dock widget; abandoned (and waited for) when the dock is removed or deleted."""
+
+    def __init__(self, owner):
+        self.jobs: set[Job] = set()
+        self.watch = _RemovalWatch(owner, self)
+        owner.installEventFilter(self.watch)
+        owner.destroyed.connect(partial(_DockJobs.close, self))  # a plain object's: safe once the dock is gone
+
+    def close(self, *args) -> None:
+        stop_jobs(self.jobs)
+
+
+class _RemovalWatch(QObject):
+    """Closes a dock's jobs when the dock is taken out of the window (``remove_dock_widget``, its close button)."""
+
+    def __init__(self, owner, dock_jobs: _DockJobs):
+        super().__init__(owner)
+        self.dock_jobs = dock_jobs
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() == QEvent.Type.ParentChange and watched.parent() is None and self.dock_jobs.jobs:
+            self.dock_jobs.close()
+        return False
+
+
+def _dock_jobs(owner) -> _DockJobs:
+    jobs = owner.__dict__.get("_napari_mine_jobs")
+    if jobs is None:
+        jobs = owner.__dict__["_napari_mine_jobs"] = _DockJobs(owner)
+    return jobs
+
+
+def dock_jobs(owner) -> set[Job]:
+    """The running jobs of a dock widget."""
+    return set(_dock_jobs(owner).jobs)
+
+
+def _stop_all_jobs() -> None:
+    """The application quits or the interpreter exits: stop every job, wait for them (bounded)."""
+    if _live_jobs:
+        stop_jobs(_live_jobs, exiting=True)
+
+
+def _install_exit_hooks() -> None:
+    if _exit_hooks:
+        return
+    from qtpy.QtWidgets import QApplication
+
+    atexit.register(_stop_all_jobs)  # runs before PyQt's own exit clean-up, which was registered earlier
+    app = QApplication.instance()
+    if app is not None:
+        app.aboutToQuit.connect(_stop_all_jobs)
+    _exit_hooks.append(app)
+
+
+def steps_of(function, *args, stop: threading.Event, heartbeat_s: float = HEARTBEAT_S, **kwargs):
     """Run an engine step that reports through ``on_progress(done, total)`` and stops when
     ``should_stop()`` is true, as a generator: yields ``(done, total)`` as the step reports, and ``None``
-    every ``heartbeat_s`` so that a generator worker can be stopped (``worker.quit()``) between reports.
+    every ``heartbeat_s`` (a chance for a generator job to be stopped between reports).
 
-    The step runs in a helper thread; setting ``stop`` (connect it to the worker's ``aborted``) makes the
-    step end at its next check, leaving the store as it was. Returns the step's result or raises its error.
+    The step runs in a helper thread; setting ``stop`` makes the step end at its next check, leaving the store
+    as it was. Closing the generator waits for the step to end (with ``stop`` set), so a cancelled job has
+    stopped writing when it ends. Returns the step's result or raises its error.
     """
     reports: queue.Queue = queue.Queue()
     outcome: dict = {}
@@ -199,23 +472,29 @@ def steps_of(function, *args, stop: threading.Event, heartbeat_s: float = 0.1, *
         try:
             outcome["value"] = function(*args, on_progress=lambda done, total: reports.put((done, total)),
                                         should_stop=stop.is_set, **kwargs)
-        except BaseException as error:  # handed to the generator, which raises it in the worker
+        except BaseException as error:  # handed to the generator, which raises it in the job
             outcome["error"] = error
         finally:
             reports.put(StopIteration)
 
     helper = threading.Thread(target=run, name=f"napari-mine {getattr(function, '__name__', 'step')}", daemon=True)
     helper.start()
-    while True:
-        try:
-            report = reports.get(timeout=heartbeat_s)
-        except queue.Empty:
-            yield None
-            continue
-        if report is StopIteration:
-            break
-        yield report
-    helper.join()
+    ended = False
+    try:
+        while True:
+            try:
+                report = reports.get(timeout=heartbeat_s)
+            except queue.Empty:
+                yield None
+                continue
+            if report is StopIteration:
+                ended = True
+                break
+            yield report
+    finally:
+        if not ended:  # closed early: the step ends at its next check
+            stop.set()
+        helper.join()
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
@@ -232,24 +511,21 @@ def staged(stage: str, reports):
 
 
 class StagedJobs:
-    """Run and cancel one generator job at a time for a dock (Fit, Counterfactual editor), with progress.
+    """The run and cancel controls of a dock that runs one staged job at a time (Fit, Counterfactual editor).
 
-    The job is ``job(*args, stop)``: it yields ``(stage, done, total)`` (``total`` 0: a stage of unknown length;
-    ``done`` -1: no news, a chance to stop) and returns its result. It runs in a napari thread worker; its
-    progress goes to the dock's ``bar`` and ``stage`` label and to napari's activity dock, where it can be
-    cancelled too. Cancelling sets ``stop`` at once (the running step ends at its next check) and quits the
-    worker at its next report. The dock has ``run_button``, ``cancel_button``, ``bar``, ``stage``, a
-    ``job_finished`` signal (emitted with "done", "cancelled" or "failed") and defines ``run``, ``_show_result``
-    and ``_after_job``; ``FAILED`` and ``CANCELLED`` are what its stage label says then. ``add_job_controls``
-    makes the buttons, bar and label.
+    The job is a generator function ``job(*args, stop)`` started with :meth:`run_staged`: it yields
+    ``(stage, done, total)`` (``total`` 0: a stage of unknown length; ``done`` -1: no news) and returns its
+    result. Its progress goes to the dock's ``bar`` and ``stage`` label and to napari's activity dock, where it
+    can be cancelled too. Cancelling says "Cancelling…" at once and ``CANCELLED`` once the job has stopped.
+    The dock has a ``job_finished`` signal (emitted with "done", "cancelled" or "failed") and defines ``run``,
+    ``_show_result`` and ``_after_job``; ``FAILED`` and ``CANCELLED`` are what its stage label says then.
+    ``add_job_controls`` makes the buttons, bar and label.
     """
 
     FAILED = "Failed (see the notification)."
     CANCELLED = "Cancelled."
-    worker = None
-    _progress = None
-    _stop: threading.Event | None = None
-    _outcome = ""
+    CANCELLING = "Cancelling…"
+    job: Job | None = None
 
     def add_job_controls(self, layout, run_text: str) -> None:
         """The run and cancel buttons, the progress bar and the stage label, added to ``layout``."""
@@ -268,42 +544,34 @@ class StagedJobs:
         self.stage.setWordWrap(True)
         layout.addWidget(self.stage)
 
-    def start_job(self, description: str, job, *args):
-        """Start ``job`` in a worker; returns the worker."""
-        from napari.qt.threading import create_worker
+    def run_staged(self, description: str, job, *args) -> Job:
+        """Start the staged ``job`` (through :func:`start_job`); returns the Job."""
         from napari.utils import cancelable_progress
 
-        self._stop = threading.Event()
-        self.worker = create_worker(guarded_generator, job, *args, self._stop, _start_thread=False)
-        self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(self._on_returned)
-        self.worker.aborted.connect(self._stop.set)
-        self.worker.finished.connect(self._on_job_finished)
-        self._progress = cancelable_progress(total=0, desc=description)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.stage.setText("Starting…")
-        self._outcome = "cancelled"  # unless the job returns
-        self.worker.start()
-        return self.worker
+        self.job = start_job(self, job, *args, yielded=self._on_progress, returned=self._on_returned,
+                             finished=self._on_job_finished, progress=cancelable_progress(total=0, desc=description))
+        return self.job
 
     def cancel(self) -> None:
-        """Stop the running step at its next check and the worker at its next report."""
-        if self.worker is not None:
-            self.stage.setText("Cancelling…")
-            self._stop.set()
-            self.worker.quit()
+        """Ask the running job to stop: its step ends at its next check, the job at its next report."""
+        if self.job is not None and not self.job.stop.is_set():
+            self.stage.setText(self.CANCELLING)
+            self.cancel_button.setEnabled(False)
+            self.job.cancel()
 
     def _on_progress(self, report) -> None:
-        stage, done, total = report
-        progress = self._progress  # the job may end while this runs (napari's progress handles events)
+        job = self.job
+        progress = job.progress if job is not None else None
         if progress is None:
             return
-        if progress.is_canceled:
+        if progress.is_canceled:  # its cancel button in napari's activity dock
             self.cancel()
+        if report is None or report[1] < 0 or job.stop.is_set():
             return
-        if done < 0:
-            return
+        stage, done, total = report
         self.stage.setText(stage)
         self.bar.setRange(0, max(total, 0))
         self.bar.setValue(done)
@@ -314,24 +582,19 @@ class StagedJobs:
 
     def _on_returned(self, value) -> None:
         if report_failure(value):
-            self._outcome = "failed"
             self.stage.setText(self.FAILED)
             return
-        self._outcome = "done"
         self.bar.setRange(0, 1)
         self.bar.setValue(1)
         self._show_result(value)
 
-    def _on_job_finished(self) -> None:
-        if self._outcome == "cancelled":  # a worker asked to quit returns nothing, whether it aborted or not
+    def _on_job_finished(self, outcome: str) -> None:
+        if outcome == CANCELLED:
             self.stage.setText(self.CANCELLED)
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        self.worker = None
+        self.job = None
         self.cancel_button.setEnabled(False)
         self._after_job()
-        self.job_finished.emit(self._outcome)
+        self.job_finished.emit(outcome)
 
 
 # ---- drawing ----------------------------------------------------------------------------------------

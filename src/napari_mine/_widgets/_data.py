@@ -24,7 +24,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_mine._widgets._common import brain_layer, focus_on_brain, guarded, report_failure, show_layer_tuples
+from napari_mine._widgets._common import (
+    CANCELLED,
+    brain_layer,
+    focus_on_brain,
+    report_failure,
+    show_layer_tuples,
+    start_job,
+)
 
 SOURCES = ("results folder", "NSD folder", "generic folder")
 MODELS = ("mine-small", "ViT-B-16", "ViT-B-32", "ViT-L-14")
@@ -39,19 +46,24 @@ def open_results(folder: str) -> tuple[str, list]:
 
 
 def open_dataset(kind: str, folder: str, subject: int, results: str, model: str, pretrained: str | None,
-                 checkpoint: str | None) -> tuple[str, list]:
-    """Worker job: load a dataset, create its results folder for the model, and return its layer tuples."""
+                 checkpoint: str | None, stop=None):
+    """Worker job (a generator: it yields its stage and may stop before each): load a dataset, create its
+    results folder for the model, and return ``(results folder, its layer tuples)``. Stopped before the
+    last stage, it writes nothing."""
     from napari_mine._reader import read_store, stimulus_layer
-    from napari_mine._widgets._store_view import remember_dataset, shared_backbone
     from napari_mine.data import load_generic, load_nsd
-    from napari_mine.pipeline import model_record, save_brain
+    from napari_mine.pipeline import save_brain
+    from napari_mine.results import open_results, shared_backbone
     from napari_mine.store import ResultsStore
 
+    yield "Loading the dataset"
     dataset = load_nsd(folder, subject=subject) if kind == "NSD folder" else load_generic(folder)
+    yield "Loading the model"
     backbone = shared_backbone(model, pretrained, checkpoint)
-    store = ResultsStore.create(results, model=model_record(backbone), dataset=dataset.source)
+    yield "Writing the results folder"
+    store = ResultsStore.create(results, model=backbone.record, dataset=dataset.source, checkpoint=checkpoint)
     save_brain(dataset, store)
-    remember_dataset(store.root, dataset)
+    open_results(store.root).keep_dataset(dataset)
     layers = read_store(store.root, stimuli=False)
     place = next(kwargs for _, kwargs, _ in layers)
     layers.append(stimulus_layer(dataset.images, str(store.root), dataset.mask.shape, place["scale"],
@@ -71,13 +83,13 @@ def build_demo(n_images: int) -> tuple[str, list]:
 class DataModelWidget(QWidget):
     """Dock widget: choose a data source and a backbone, open them as layers."""
 
-    #: Emitted on the main thread when an opening ended: the store's path, or "" when it failed.
+    #: Emitted on the main thread when an opening ended: the store's path, or "" when it failed or was cancelled.
     opened = Signal(str)
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.worker = None
+        self.job = None
         layout = QVBoxLayout(self)
 
         source_box = QGroupBox("Data")
@@ -164,7 +176,7 @@ class DataModelWidget(QWidget):
 
     # ---- actions -----------------------------------------------------------------------------------
     def open(self):
-        """Open the chosen folder in a worker; returns the worker (None if the form is incomplete)."""
+        """Open the chosen folder in a worker; returns the Job (None if the form is incomplete)."""
         from napari.utils.notifications import show_error
 
         kind, folder = self.source.currentText(), self.folder.text().strip()
@@ -183,28 +195,27 @@ class DataModelWidget(QWidget):
                            self.subject.value(), results, model, pretrained, self.model_choice()["checkpoint"])
 
     def open_demo(self, n_images: int | None = None):
-        """Open the demo world (built once in a worker); returns the worker."""
+        """Open the demo world (built once in a worker); returns the Job."""
         from napari_mine._sample_data import SAMPLE_IMAGES
 
         return self._start("Opening the demo world (the first time builds it: a few minutes)…", build_demo,
                            n_images or SAMPLE_IMAGES)
 
     def _start(self, message: str, function, *args):
-        from napari.qt.threading import create_worker
-
         self.status.setText(message)
         self.open_button.setEnabled(False)
         self.demo_button.setEnabled(False)
-        self.worker = create_worker(guarded, function, *args, _start_thread=False,
-                                    _progress={"desc": message.rstrip("…")})
-        self.worker.returned.connect(self._on_opened)
-        self.worker.finished.connect(self._on_finished)
-        self.worker.start()
-        return self.worker
+        self.job = start_job(self, function, *args, progress=message.rstrip("…"), returned=self._on_opened,
+                             finished=self._on_finished)
+        return self.job
 
-    def _on_finished(self) -> None:
+    def _on_finished(self, outcome: str) -> None:
+        self.job = None
         self.open_button.setEnabled(True)
         self.demo_button.setEnabled(True)
+        if outcome == CANCELLED:
+            self.status.setText("Cancelled; nothing was opened.")
+            self.opened.emit("")
 
     def _on_opened(self, value) -> None:
         if report_failure(value):

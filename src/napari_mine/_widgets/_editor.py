@@ -68,23 +68,22 @@ _generators_lock = threading.Lock()
 
 def world_of(view) -> str | None:
     """The synthetic world a store was computed from (its dataset folder holds the ground truth), or None."""
-    from napari_mine.synthetic.truth import TRUTH_DIR
-
-    root = view.store.manifest.get("dataset", {}).get("root")
-    return str(Path(root).resolve()) if root and (Path(root) / TRUTH_DIR).is_dir() else None
+    root = view.manifest.world_root
+    return None if root is None else str(root.resolve())
 
 
-def shared_generator(kind: str, source: str, steps: int):
-    """One loaded generator (with the world's truth, for the procedural one) per source for the session."""
-    from napari_mine._widgets._store_view import import_torch
-    from napari_mine.generate import DiffusionGenerator, ProceduralGenerator
-    from napari_mine.synthetic.truth import load_truth
+def shared_generator(kind: str, source: str | None, steps: int, results=None):
+    """One loaded generator (with the world's truth, for the procedural one: ``validate.world_validation`` of
+    ``results``) per source for the session."""
+    from napari_mine.generate import DiffusionGenerator
+    from napari_mine.models.backbone import import_torch
+    from napari_mine.validate import world_validation
 
     key = (kind, source, steps if kind == DIFFUSERS else None)
     with _generators_lock:
         if key not in _generators:
             if kind == PROCEDURAL:
-                _generators[key] = (ProceduralGenerator.from_world(source), load_truth(source))
+                _generators[key] = world_validation(results)
             else:
                 import_torch()
                 _generators[key] = (DiffusionGenerator.load(source, steps=steps), None)
@@ -93,12 +92,12 @@ def shared_generator(kind: str, source: str, steps: int):
 
 def voxel_choices(store: str, voxel: int, vocabulary=None, checkpoint=None):
     """Worker job: the store's synthetic world (or None) and the concepts the voxel's profile suggests."""
-    from napari_mine._widgets._store_view import open_view
     from napari_mine.counterfactual import profile_concepts
+    from napari_mine.results import open_results
 
-    view = open_view(store)
+    view = open_results(store)
     space = view.concept_space(vocabulary, checkpoint)
-    scores = view.profiles([voxel], space).scores[0]
+    scores = view.profiles(space, [voxel]).scores[0]
     return store, voxel, world_of(view), profile_concepts(scores, space.vocabulary)
 
 
@@ -109,34 +108,29 @@ def edit_steps(store: str, voxel: int, row: int, action: str, concept: str, gene
     Yields ``(stage, done, total)`` (``total`` 0: unknown length; ``done`` -1: no news, a chance to stop) and
     returns ``(store, Counterfactual, Δ volume on the brain grid, colour limit, the voxel's rank by |Δ|)``.
     """
-    from napari_mine._widgets._store_view import open_view, shared_backbone
     from napari_mine.counterfactual import edit_for_voxel
+    from napari_mine.results import open_results
     from napari_mine.validate import open_study
 
     kind, model, steps = generator
-    view = open_view(store)
+    view = open_results(store)
     yield ("Loading the generator", 0, 0)
     if kind == PROCEDURAL:
-        source = world_of(view)
-        if source is None:
-            raise MineInputError(f"{view.root.name} was not computed from the synthetic world, so the procedural "
-                                 "generator has no scenes to edit; choose a diffusers model.")
+        source = world_of(view)  # None: world_validation says why there is no world
     elif not model.strip():
         raise MineInputError("Give a diffusers model: a model id in the local Hugging Face cache or a folder "
                              "written by save_pretrained.")
     else:
         source = model.strip()
-    edit_with, truth = shared_generator(kind, source, steps)
+    edit_with, truth = shared_generator(kind, source, steps, view)
     yield ("Loading the image model", 0, 0)
-    record = view.store.manifest["model"]
-    backbone = shared_backbone(record.get("name"), record.get("pretrained"), checkpoint)
+    backbone = view.backbone(checkpoint)
     space = view.concept_space(vocabulary, checkpoint) if action == "regenerate" else None
-    study = open_study(view.store, backbone, edit_with, truth, None if kind == PROCEDURAL else view.images)
+    study = open_study(view, edit_with, truth, view.images, backbone)  # images are read by pixel generators only
     edit = yield from staged(EDITING, steps_of(edit_for_voxel, study, voxel, row, action, concept=concept,
                                                space=space, mask_fraction=mask_fraction, seed=seed, stop=stop))
     delta = edit.brain_delta
-    volume = np.full(view.mask.shape, np.nan, dtype=np.float32)
-    volume[view.mask] = delta
+    volume = view.space.to_volume(delta).astype(np.float32)
     limit = float(np.abs(delta).max()) or 1e-6
     rank = int(np.sum(np.abs(delta) > abs(edit.delta))) + 1
     return store, edit, volume, limit, rank
@@ -264,11 +258,11 @@ class CounterfactualEditor(StagedJobs, QWidget):
         voxel, row = int(mine_meta(voxel_layer)["voxel"]), stimulus_row(self.viewer, stimuli[0])
         self._target = (store, voxel, row)
         self.target.setText(f"Voxel {voxel} of {Path(store).name}, image #{row} (under the stimulus slider).")
-        self.run_button.setEnabled(self.worker is None)
+        self.run_button.setEnabled(self.job is None)
         if self._choices_for != (store, voxel):
             self._choices_for = (store, voxel)
             meta = mine_meta(brain_layer(self.viewer, store) or voxel_layer)
-            start_job(voxel_choices, store, voxel, meta.get("vocabulary"), meta.get("checkpoint"),
+            start_job(self, voxel_choices, store, voxel, meta.get("vocabulary"), meta.get("checkpoint"),
                       returned=self._on_choices)
 
     def _on_choices(self, value) -> None:
@@ -291,16 +285,16 @@ class CounterfactualEditor(StagedJobs, QWidget):
 
     # ---- the edit job ----------------------------------------------------------------------------
     def run(self):
-        """Start an edit of the current image for the selected voxel; returns the worker (None without one)."""
+        """Start an edit of the current image for the selected voxel; returns the Job (None without one)."""
         self._refresh_target()
-        if self._target is None or self.worker is not None:
+        if self._target is None or self.job is not None:
             return None
         store, voxel, row = self._target
         action = self.action.currentData()
         meta = mine_meta(brain_layer(self.viewer, store) or self._voxel_layer(store))
         generator = (self.generator.currentText(), self.model.text(), self.steps.value())
         fraction = self.region.value() / 100 if action in MASK_FRACTION else None
-        return self.start_job(f"napari-mine edit: image #{row}, voxel {voxel}", edit_steps, store, voxel, row,
+        return self.run_staged(f"napari-mine edit: image #{row}, voxel {voxel}", edit_steps, store, voxel, row,
                               action, self.concept.currentText(), generator, self.seed.value(), fraction,
                               meta.get("vocabulary"), meta.get("checkpoint"))
 

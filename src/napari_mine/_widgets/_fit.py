@@ -1,6 +1,6 @@
 """Fit: compute features and token contributions, then fit the voxelwise encoder, in a thread worker.
 
-The job runs as a cancellable generator worker (`_common.StagedJobs`). Cancelling during either step leaves
+The job runs through `_common.start_job` with the controls of `_common.StagedJobs`. Cancelling during either step leaves
 that step unwritten (the encoder fit stops at its next fold or voxel batch, seconds at most). When the job
 ends, the accuracy map is put on the layers of the store the job started on.
 """
@@ -23,6 +23,7 @@ from napari_mine._widgets._common import (
     steps_of,
     store_layers,
 )
+from napari_mine.errors import MineInputError
 
 FEATURES = "Decomposing images into token contributions"
 ENCODER = "Fitting the voxelwise encoder (voxels done)"
@@ -35,21 +36,20 @@ def fit_steps(root: str, checkpoint: str | None, recompute: bool, stop: threadin
     Returns ``(root, layer tuples of the store without stimuli, accuracy summary)``.
     """
     from napari_mine._reader import read_store
-    from napari_mine._widgets._store_view import dataset_for, shared_backbone
     from napari_mine.pipeline import compute_features, fit_encoder_step
+    from napari_mine.results import open_results
     from napari_mine.store import ResultsStore
 
     yield ("Loading the dataset", 0, 0)
-    dataset = dataset_for(root)
+    results = open_results(root)
+    dataset = results.dataset()
     store = ResultsStore.open(root)
     if recompute or not store.has("features"):
         yield ("Loading the model", 0, 0)
-        model = store.manifest["model"]
-        backbone = shared_backbone(model.get("name"), model.get("pretrained"), checkpoint)
+        backbone = results.backbone(checkpoint)
         yield from staged(FEATURES, steps_of(compute_features, dataset, backbone, store, stop=stop))
     yield (ENCODER, 0, 0)
     summary = yield from staged(ENCODER, steps_of(fit_encoder_step, dataset, store, stop=stop))
-    store.update_summary("encoder", summary)
     return root, read_store(root, stimuli=False), summary
 
 
@@ -81,18 +81,18 @@ class FitWidget(StagedJobs, QWidget):
         self._on_target_changed()
 
     def _on_target_changed(self, event=None) -> None:
-        if self.worker is not None:
+        if self.job is not None:
             return
         self._store = current_store(self.viewer)
         if self._store is None:
             self.target.setText("Open a dataset or a results folder (Data and model) first.")
             self.run_button.setEnabled(False)
             return
-        from napari_mine.store import ResultsStore
+        from napari_mine.results import Manifest
 
         try:
-            steps = ResultsStore(self._store).manifest["steps"]
-        except OSError:
+            steps = Manifest.read(self._store).steps
+        except (OSError, MineInputError):
             self.target.setText(f"The results folder {self._store} is gone; open another one.")
             self.run_button.setEnabled(False)
             return
@@ -101,13 +101,13 @@ class FitWidget(StagedJobs, QWidget):
         self.run_button.setEnabled(True)
 
     def run(self):
-        """Start the job on the current results folder; returns the worker (None without a folder)."""
-        if self._store is None or self.worker is not None:
+        """Start the job on the current results folder; returns the Job (None without a folder)."""
+        if self._store is None or self.job is not None:
             return None
         layers = store_layers(self.viewer, store=self._store)
         checkpoint = next((mine_meta(layer).get("checkpoint") for layer in layers
                            if mine_meta(layer).get("checkpoint")), None)
-        return self.start_job(f"napari-mine fit: {Path(self._store).name}", fit_steps, self._store, checkpoint,
+        return self.run_staged(f"napari-mine fit: {Path(self._store).name}", fit_steps, self._store, checkpoint,
                               self.recompute.isChecked())
 
     def _show_result(self, value) -> None:

@@ -3,7 +3,7 @@ images drive it, what it is selective for (its concept profile) and, on the imag
 which patches drive it (the exact attribution map) and what they show (the per-image description).
 
 The widget only turns the click into grid indices and moves results onto layers and labels; reading the
-store and the arithmetic run in thread workers over ``StoreView``, which calls the engine
+store and the arithmetic run in thread workers over ``napari_mine.results.Results``, which calls the engine
 (``napari_mine.attribution``, ``napari_mine.describe``).
 """
 
@@ -40,7 +40,7 @@ from napari_mine._widgets._common import (
     store_layers,
     to_pixmap,
 )
-from napari_mine._widgets._store_view import ImageAttribution, VoxelReport, open_view
+from napari_mine.results import ImageAttribution, TargetReport, open_results
 from napari_mine.errors import MineInputError
 
 N_TOP_IMAGES = 8
@@ -80,8 +80,8 @@ def _space(view, vocabulary, checkpoint):
 
 def warm_up(store: str, vocabulary: str | None, checkpoint: str | None) -> str:
     """Worker job: open the store and embed its vocabulary before the first click needs them."""
-    view = open_view(store)
-    if view.has_features and view.has_encoder:
+    view = open_results(store)
+    if view.is_fitted:
         view.weights()
         view.features()
         _space(view, vocabulary, checkpoint)
@@ -91,22 +91,22 @@ def warm_up(store: str, vocabulary: str | None, checkpoint: str | None) -> str:
 def inspect_voxel(store: str, ijk, ray, row: int | None, k: int, vocabulary=None, checkpoint=None):
     """Worker job: resolve the clicked voxel (a grid index, or the first mask voxel along a 3-D ray) and
     compute its report; ``{"outside": ijk}`` when the click is not on a voxel of the mask."""
-    view = open_view(store)
+    view = open_results(store)
     if ray is not None:
-        ijk = first_voxel_on_ray(view.mask, *ray)
+        ijk = first_voxel_on_ray(view.space.mask, *ray)
         if ijk is None:
             return {"outside": None}
-    voxel = view.voxel_at(ijk)
+    voxel = view.space.target_at(ijk)
     if voxel is None:
         return {"outside": tuple(int(v) for v in ijk)}
-    space, note = _space(view, vocabulary, checkpoint) if view.has_encoder else (None, "")
+    space, note = _space(view, vocabulary, checkpoint) if view.has("encoder") else (None, "")
     return view.report(voxel, row, k, space), note
 
 
 def attribution_on_image(store: str, voxel: int, row: int, vocabulary=None, checkpoint=None) -> ImageAttribution:
     """Worker job: the voxel's map and description on one image (a slider move)."""
-    view = open_view(store)
-    return view.image_attribution(voxel, row, _space(view, vocabulary, checkpoint)[0])
+    view = open_results(store)
+    return view.image_map(voxel, row, _space(view, vocabulary, checkpoint)[0])
 
 
 def first_voxel_on_ray(mask: np.ndarray, start: np.ndarray, direction: np.ndarray):
@@ -258,7 +258,7 @@ class VoxelInspector(QWidget):
             return
         meta = mine_meta(brain)
         self._warmed.add(meta["store"])
-        start_job(warm_up, meta["store"], meta.get("vocabulary"), meta.get("checkpoint"),
+        start_job(self, warm_up, meta["store"], meta.get("vocabulary"), meta.get("checkpoint"),
                   returned=self._on_warmed)
 
     def _on_warmed(self, value) -> None:
@@ -282,7 +282,7 @@ class VoxelInspector(QWidget):
     def inspect_position(self, position, view_direction=None):
         """Inspect the voxel at a world position (3-D view: the first mask voxel along the view ray).
 
-        Returns the started worker, or None when no results store is open.
+        Returns the started Job, or None when no results store is open.
         """
         from napari.utils.notifications import show_info
 
@@ -304,7 +304,7 @@ class VoxelInspector(QWidget):
         row = stimulus_row(self.viewer, stimuli) if stimuli is not None else None
         target = self._new_target(store, brain, stimuli)
         self._latest_click = self._latest_map = target.request
-        return start_job(_tagged, target.request, inspect_voxel, store, ijk, ray, row, N_TOP_IMAGES,
+        return start_job(self, _tagged, target.request, inspect_voxel, store, ijk, ray, row, N_TOP_IMAGES,
                          meta.get("vocabulary"), meta.get("checkpoint"), returned=self._on_report)
 
     def _new_target(self, store, brain, stimuli) -> _Target:
@@ -337,7 +337,7 @@ class VoxelInspector(QWidget):
         self._show_report(target, report, note)
         self.updated.emit("report")
 
-    def _show_report(self, target: _Target, report: VoxelReport, note: str) -> None:
+    def _show_report(self, target: _Target, report: TargetReport, note: str) -> None:
         info = report.info
         self._selected = (target.store, info.voxel)
         self._mark_voxel(target, info.ijk, info.voxel)
@@ -401,11 +401,11 @@ class VoxelInspector(QWidget):
         target = self._new_target(store, brain, stimuli)
         self._latest_map = target.request
         self._overlay_row = row
-        return start_job(_tagged, target.request, attribution_on_image, store, voxel, row, meta.get("vocabulary"),
-                         meta.get("checkpoint"), returned=self._on_attribution)
+        return start_job(self, _tagged, target.request, attribution_on_image, store, voxel, row,
+                         meta.get("vocabulary"), meta.get("checkpoint"), returned=self._on_attribution)
 
     def refresh_overlay(self):
-        """Recompute the overlay for the current voxel and image (returns the worker, or None)."""
+        """Recompute the overlay for the current voxel and image (returns the Job, or None)."""
         self._overlay_row = None
         return self._on_dims_step()
 
@@ -422,9 +422,9 @@ class VoxelInspector(QWidget):
     def _show_attribution(self, target: _Target, attribution: ImageAttribution) -> None:
         self._overlay_row = attribution.row
         overlay = self._overlay_layer(target, attribution.grid_map.shape)
-        overlay.metadata = layer_metadata(target.store, "attribution", voxel=attribution.voxel,
+        overlay.metadata = layer_metadata(target.store, "attribution", voxel=attribution.target,
                                           image=attribution.row, raw=attribution.grid_map)
-        overlay.name = f"attribution of voxel {attribution.voxel}"
+        overlay.name = f"attribution of voxel {attribution.target}"
         self._apply_threshold(overlay)
         grid = attribution.grid_map
         positive, negative = float(grid[grid > 0].sum()), float(grid[grid < 0].sum())

@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
 
 from napari_mine._reader import META, layer_metadata
 from napari_mine._widgets._common import (
+    CANCELLED,
     BarChart,
     brain_layer,
     current_store,
@@ -33,17 +34,17 @@ from napari_mine._widgets._common import (
     start_job,
     store_layers,
 )
-from napari_mine._widgets._store_view import RoiReport, open_view
+from napari_mine.results import RoiReport, open_results
 
 
 def list_rois(store: str) -> tuple[str, dict[str, dict[int, str]]]:
     """Worker job: the store's ROI volumes and their labels present inside the mask."""
-    return store, open_view(store).roi_labels()
+    return store, open_results(store).space.present_labels()
 
 
 def analyse_roi(store: str, roi: str, label: int, k_min: int, k_max: int, vocabulary, checkpoint) -> RoiReport:
     """Worker job: the ROI label's profile and clusters."""
-    view = open_view(store)
+    view = open_results(store)
     return view.roi_report(roi, label, view.concept_space(vocabulary, checkpoint), k_range=(k_min, k_max))
 
 
@@ -56,7 +57,7 @@ class RoiExplorer(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.worker = None
+        self.job = None
         self._brain = None  # the brain layer the running job started on: its grid places the clusters
         self._store: str | None = None
         self._labels: dict[str, dict[int, str]] = {}
@@ -118,7 +119,7 @@ class RoiExplorer(QWidget):
             self.status.setText("Open a results folder to explore its ROIs.")
             return None
         self.status.setText("Reading the ROIs…")
-        return start_job(list_rois, store, returned=self._on_rois)
+        return start_job(self, list_rois, store, returned=self._on_rois)
 
     def _on_rois(self, value) -> None:
         if report_failure(value):
@@ -164,7 +165,7 @@ class RoiExplorer(QWidget):
 
     # ---- analysis ----------------------------------------------------------------------------------
     def run(self):
-        """Profile and cluster the chosen region in a worker; returns the worker (None without a choice)."""
+        """Profile and cluster the chosen region in a worker; returns the Job (None without a choice)."""
         from napari.utils.notifications import show_error
 
         roi, label = self.roi.currentText(), self.label.currentData()
@@ -182,14 +183,16 @@ class RoiExplorer(QWidget):
         self.status.setText(f"Profiling {self.label.currentText()} and clustering its voxels…")
         self.run_button.setEnabled(False)
         self._brain = brain
-        self.worker = start_job(analyse_roi, self._store, roi, int(label), self.k_min.value(), self.k_max.value(),
-                                meta.get("vocabulary"), meta.get("checkpoint"), returned=self._on_report,
-                                finished=self._on_finished)
-        return self.worker
+        self.job = start_job(self, analyse_roi, self._store, roi, int(label), self.k_min.value(),
+                             self.k_max.value(), meta.get("vocabulary"), meta.get("checkpoint"),
+                             returned=self._on_report, finished=self._on_finished)
+        return self.job
 
-    def _on_finished(self) -> None:
+    def _on_finished(self, outcome: str) -> None:
         self.run_button.setEnabled(True)
-        self.worker = None
+        self.job = None
+        if outcome == CANCELLED:
+            self.status.setText("Cancelled.")
 
     def _on_report(self, value) -> None:
         if report_failure(value):
@@ -199,7 +202,7 @@ class RoiExplorer(QWidget):
         report: RoiReport = value
         concepts, scores = zip(*report.profile)
         self.chart.set_bars(concepts, scores, f"mean MINE profile score ({report.vocabulary} vocabulary)",
-                            title=f"{report.label}: {report.n_voxels} voxels")
+                            title=f"{report.label}: {report.n_targets} voxels")
         self.baseline.setText("Direct projection of the weights on the concepts (no attribution, as "
                               "BrainSCUBA-style profiles): " + ", ".join(name for name, _ in report.baseline[:5]))
         k = len(report.cluster_sizes)

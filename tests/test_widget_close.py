@@ -1,0 +1,227 @@
+"""Closing a dock, or the viewer, while its job runs: the process exits cleanly and no result is half-written.
+
+Each dock runs in its own Python process (closing the viewer mid-job used to abort the interpreter: exit 134,
+"wrapped C/C++ object of type WorkerBaseSignals has been deleted"). The scenario docks one widget on a fitted
+synthetic world, starts the dock's job and removes the dock while the job runs; then docks it again, starts
+the job again and closes the viewer while it runs, inside napari's event loop, and lets the interpreter exit.
+One more scenario is the reported abort itself: every dock busy, the viewer closed, the script ended (no event
+loop). The tests assert exit 0, that the closes happened mid-job, and that the results folder holds what it
+held: the same manifest, no ``.*.tmp`` left aside. Job functions are slowed (a sleep before them) so that
+each close surely finds its job running; the Fit job is closed while it writes its features.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.gui, pytest.mark.slow]
+N_IMAGES = 150
+DOCKS = ("Data and model", "Fit", "Voxel inspector", "ROI explorer", "Counterfactual editor")
+
+SCENARIO = r'''
+import functools
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from napari_mine.models.backbone import import_torch
+
+import_torch()  # torch before any napari canvas (see tests/test_widgets.py)
+
+import napari
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QApplication
+
+from napari_mine._reader import META, layer_metadata
+from napari_mine._widgets import _common, _data, _editor, _inspector, _roi
+
+name, results, world, fresh = sys.argv[1:5]
+NAMES = ("Data and model", "Fit", "Voxel inspector", "ROI explorer", "Counterfactual editor")
+SLOW_S = 1.5
+
+
+def slow(function):
+    """The job function, made slower than the close (a slow disk): the job is surely running then."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        time.sleep(SLOW_S)
+        return function(*args, **kwargs)
+    return wrapper
+
+
+def wait_until(condition, what, timeout=90):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            sys.exit(f"timed out waiting for {what}")
+        QApplication.processEvents()
+        time.sleep(0.005)
+
+
+def layer(viewer, role):
+    return next(layer for layer in viewer.layers if layer.metadata.get(META, {}).get("role") == role)
+
+
+def running(widget):
+    return [job for job in _common.dock_jobs(widget) if job._helper_started and not job.ended.is_set()]
+
+
+def writing():
+    return [path.name for path in Path(results).iterdir() if path.name.startswith(".features")]
+
+
+import napari_mine.data as data
+
+data.load_nsd = slow(data.load_nsd)  # Data and model's job stops after loading, before it writes
+_inspector.inspect_voxel = slow(_inspector.inspect_voxel)
+_roi.analyse_roi = slow(_roi.analyse_roi)
+_editor.shared_generator = slow(_editor.shared_generator)
+_data.open_results = slow(_data.open_results)
+viewer = napari.Viewer(show=True)
+brain = None
+if name != "Data and model":
+    viewer.open(results, plugin="napari-mine")
+    brain = layer(viewer, "accuracy")
+    ijk = [int(v) for v in np.argwhere(np.isfinite(brain.data))[0]]
+    # the voxel the inspector would have selected, for the editor
+    viewer.add_points(np.asarray([ijk], dtype=float), ndim=3, scale=brain.scale, translate=brain.translate,
+                      metadata=layer_metadata(brain.metadata[META]["store"], "voxel", voxel=0, ijk=ijk))
+    viewer.layers.selection.active = brain
+
+
+def start(widget, name):
+    """Start the dock's job (once the dock is ready for it); returns the condition under which it is mid-job."""
+    if name == "Data and model":  # opens the world into a fresh results folder (with every dock: the results)
+        widget.source.setCurrentText("NSD folder" if brain is None else "results folder")
+        widget.folder.setText(world if brain is None else results)
+        widget.results.setText(fresh)
+        widget.open()
+        return lambda: running(widget)
+    if name == "Fit":
+        widget.recompute.setChecked(True)
+        widget.run()
+        return lambda: running(widget) and writing()  # features are being written aside
+    if name == "Voxel inspector":
+        position = np.array(viewer.dims.point, dtype=float)
+        position[-3:] = brain.data_to_world(ijk)
+        widget.inspect_position(position)
+        return lambda: running(widget)
+    if name == "ROI explorer":
+        wait_until(lambda: widget.roi.count() > 0 and widget.label.count() > 0, "the ROI list")
+        widget.run()
+        return lambda: running(widget)
+    wait_until(lambda: widget._target is not None and widget.run_button.isEnabled(), "the editor's target")
+    widget.run()
+    return lambda: running(widget)
+
+
+def dock(name):
+    return viewer.window.add_plugin_dock_widget("napari-mine", name)[1]
+
+
+if name == "all":  # every dock busy, the viewer closed at once and the script ended: no event loop
+    docks = {other: dock(other) for other in NAMES}
+    for other, widget in reversed(docks.items()):  # the ROI list and the editor's target are ready first
+        start(widget, other)
+    wait_until(writing, "the features to be written")  # the other jobs wait or run (a pool thread per core)
+    for other, widget in docks.items():  # and once more, at once, whatever the first ones did meanwhile
+        if other != "Fit":
+            start(widget, other)
+    print("VIEWER CLOSED MID-JOB", ", ".join(sorted(job.name for widget in docks.values()
+                                                    for job in _common.dock_jobs(widget))), flush=True)
+    viewer.close()
+    sys.exit(0)
+
+# 1. remove the dock while its job runs: the job is stopped, nothing of it reaches the removed widget
+widget = dock(name)
+mid_job = start(widget, name)
+wait_until(mid_job, "the job to run")
+job = max(_common.dock_jobs(widget), key=lambda job: job.name != "list_rois")
+n_layers = len(viewer.layers)
+viewer.window.remove_dock_widget(widget)
+assert not _common.dock_jobs(widget), "the removed dock's jobs were not stopped"
+assert job.ended.is_set(), "the removed dock's job was still running"
+deadline = time.monotonic() + 0.5
+while time.monotonic() < deadline:
+    QApplication.processEvents()
+assert len(viewer.layers) == n_layers, "a job of the removed dock added layers"
+print("DOCK CLOSED MID-JOB", job.name, flush=True)
+
+# 2. dock it again, start the job, close the viewer while it runs (in napari's event loop), exit
+widget = dock(name)
+mid_job = start(widget, name)
+
+
+def close_when_running():
+    if mid_job():
+        print("VIEWER CLOSED MID-JOB", ", ".join(job.name for job in running(widget)), flush=True)
+        viewer.close()
+    else:
+        QTimer.singleShot(5, close_when_running)
+
+
+QTimer.singleShot(0, close_when_running)
+napari.run()
+print("LOOP ENDED", flush=True)
+'''
+
+
+@pytest.fixture(scope="module")
+def closing_world(tmp_path_factory, fit_synthetic_world):
+    """A fitted synthetic world (150 images) and its results folder; each test copies the folder."""
+    root = tmp_path_factory.mktemp("closing")
+    fit_synthetic_world(root, n_images=N_IMAGES)
+    return root
+
+
+def aside(folder: Path) -> list[str]:
+    """What a step writing aside (or the manifest) left behind: names like ``.features.x1y2.tmp``."""
+    return sorted(path.name for path in folder.rglob(".*.tmp"))
+
+
+def run_scenario(name, closing_world, tmp_path):
+    """Run the scenario for dock ``name`` ("all": every dock) on a copy of the results folder, assert a clean
+    exit and an unchanged folder; returns the scenario's output and what to say on failure."""
+    results, fresh = tmp_path / "results", tmp_path / "fresh-results"
+    shutil.copytree(closing_world / "results", results)
+    manifest = json.loads((results / "manifest.json").read_text())
+    script = tmp_path / "scenario.py"
+    script.write_text(SCENARIO)
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, str(script), name, str(results), str(closing_world / "world"), str(fresh)],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    said = (f"exit {done.returncode} after {time.monotonic() - start:.0f} s\nstdout:\n{done.stdout}\n"
+            f"stderr:\n{done.stderr[-4000:]}")
+    assert done.returncode == 0, said
+    assert "Traceback" not in done.stderr and "has been deleted" not in done.stderr, said
+    assert json.loads((results / "manifest.json").read_text()) == manifest, said
+    assert aside(results) == [], said
+    if fresh.exists():  # Data and model stopped before writing, or wrote a whole results folder
+        assert aside(fresh) == [], said
+        assert "brain" in json.loads((fresh / "manifest.json").read_text())["steps"], said
+    return done.stdout, said
+
+
+@pytest.mark.parametrize("name", DOCKS)
+def test_closing_the_dock_or_the_viewer_mid_job_exits_cleanly_and_writes_nothing_half(name, closing_world, tmp_path):
+    stdout, said = run_scenario(name, closing_world, tmp_path)
+    assert "DOCK CLOSED MID-JOB" in stdout and "VIEWER CLOSED MID-JOB" in stdout, said
+    assert "LOOP ENDED" in stdout, said
+
+
+def test_closing_the_viewer_at_once_with_every_dock_busy_exits_cleanly(closing_world, tmp_path):
+    """The reported abort: docks on a results folder, every job running, the viewer closed, the script ends."""
+    stdout, said = run_scenario("all", closing_world, tmp_path)
+    assert "VIEWER CLOSED MID-JOB" in stdout, said
+    live = stdout.split("VIEWER CLOSED MID-JOB")[1].split("\n")[0]
+    assert "fit_steps" in live and len(live.split(",")) >= 3, said
