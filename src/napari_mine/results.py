@@ -2,7 +2,7 @@
 
 :class:`Manifest` is the only code that knows the manifest's JSON layout; it is parsed once per session.
 :class:`Results` is what the CLI, the demo, validation, scoring, the report and every dock read through: it
-owns the target space (:class:`VolumeSpace`), the encoder's arrays, the features and token contributions (a
+owns the target space (:class:`~napari_mine.spaces.VolumeSpace`), the encoder's arrays, the features and token contributions (a
 bounded chunk cache), the stimuli, the backbone and the concept spaces, and answers the MINE queries
 (prediction, top images, patch maps, descriptions, profiles, ROI reports). The maths modules stay
 array-in, array-out; a query here reads what it needs and calls them.
@@ -25,6 +25,7 @@ from typing import Mapping
 import numpy as np
 
 from napari_mine.errors import MineInputError
+from napari_mine.spaces import VolumeSpace
 
 FORMAT = "napari-mine-results"
 FORMAT_VERSION = 1
@@ -171,105 +172,6 @@ class TargetInfo:
     @property
     def voxel(self) -> int:
         return self.target
-
-
-class VolumeSpace:
-    """Voxels of a mask on a grid with an affine: targets are the mask's voxels in ``np.flatnonzero`` order."""
-
-    kind = "volume"
-
-    def __init__(self, mask: np.ndarray, affine: np.ndarray, rois: Mapping[str, tuple[np.ndarray, dict[int, str]]]):
-        self.mask = np.asarray(mask, dtype=bool)
-        self.affine = np.asarray(affine, dtype=float)
-        self.rois = dict(rois)
-        self.columns = np.full(self.mask.shape, -1, dtype=np.int64)
-        self.columns[self.mask] = np.arange(int(self.mask.sum()))
-        self._labels: dict[str, np.ndarray] = {}
-
-    @property
-    def n_targets(self) -> int:
-        return int(self.mask.sum())
-
-    def target_at(self, ijk) -> int | None:
-        """The target at integer grid indices, or None outside the grid or the mask."""
-        ijk = np.asarray(ijk, dtype=np.int64)
-        if ijk.shape != (self.mask.ndim,) or np.any(ijk < 0) or np.any(ijk >= self.mask.shape):
-            return None
-        column = int(self.columns[tuple(ijk)])
-        return column if column >= 0 else None
-
-    def ijk_of(self, target: int) -> tuple[int, ...]:
-        return tuple(int(v) for v in np.argwhere(self.columns == target)[0])
-
-    def world_of(self, target: int) -> tuple[float, ...]:
-        return tuple(float(v) for v in (self.affine @ np.append(self.ijk_of(target), 1.0))[:3])
-
-    def to_volume(self, values, fill=np.nan) -> np.ndarray:
-        """Per-target values (V,) as a volume on the grid, ``fill`` outside the mask."""
-        values = np.asarray(values)
-        volume = np.full(self.mask.shape, fill, dtype=np.result_type(values.dtype, np.asarray(fill).dtype))
-        volume[self.mask] = values
-        return volume
-
-    def roi_values(self, roi: str) -> np.ndarray:
-        """The label value of every target in ROI volume ``roi`` (≤ 0 unlabelled)."""
-        if roi not in self.rois:
-            raise MineInputError(f"these results have no ROI volume {roi!r}; choose one of {sorted(self.rois)}.")
-        if roi not in self._labels:
-            self._labels[roi] = np.asarray(self.rois[roi][0])[self.mask]
-        return self._labels[roi]
-
-    def roi_names_of(self, target: int) -> tuple[str, ...]:
-        """The labels of every ROI volume at a target, e.g. ("FFA-1", "nsdgeneral")."""
-        names = []
-        for roi, (_, labels) in self.rois.items():
-            value = int(self.roi_values(roi)[target])
-            if value > 0:
-                names.append(labels.get(value, f"{roi}-{value}"))
-        return tuple(names)
-
-    def label_names(self, rois=None) -> np.ndarray:
-        """The ROI label name of every target in one of ``rois`` (default: all), "" elsewhere."""
-        names = np.full(self.n_targets, "", dtype=object)
-        for roi in self.rois if rois is None else rois:
-            if roi in self.rois:
-                values = self.roi_values(roi)
-                for value, name in self.rois[roi][1].items():
-                    names[values == value] = name
-        return names
-
-    def roi_of_targets(self) -> np.ndarray:
-        """One ROI label name per target across the ROI volumes (see ``data.dataset.joined_label_names``)."""
-        from napari_mine.data.dataset import joined_label_names
-
-        return joined_label_names([self.label_names([roi]) for roi in self.rois], self.n_targets)
-
-    def roi_file_of(self, names) -> np.ndarray:
-        """The ROI volume (e.g. "floc-faces") each label name belongs to ("" for none)."""
-        file_of = {name: roi for roi, (_, labels) in self.rois.items() for name in labels.values()}
-        return np.array([file_of.get(name, "") for name in names], dtype=object)
-
-    def present_labels(self) -> dict[str, dict[int, str]]:
-        """Each ROI volume's labels that have targets, {roi: {value: name}} (volumes without any left out)."""
-        found = {}
-        for roi, (_, labels) in self.rois.items():
-            present = set(np.unique(self.roi_values(roi)).tolist())
-            kept = {k: v for k, v in sorted(labels.items()) if k in present}
-            if kept:
-                found[roi] = kept
-        return found
-
-    def label_value(self, roi: str, label: int | str) -> int:
-        """The value of label ``label`` (a value or a name) in ROI volume ``roi``."""
-        labels = self.rois[roi][1] if roi in self.rois else {}
-        by_name = {name: value for value, name in labels.items()}
-        value = by_name.get(label, label)
-        if value not in labels:
-            raise MineInputError(f"ROI {roi!r} has no label {label!r}; choose one of {sorted(labels.values())}.")
-        return int(value)
-
-    def roi_targets(self, roi: str, label: int | str) -> np.ndarray:
-        return np.flatnonzero(self.roi_values(roi) == self.label_value(roi, label))
 
 
 # ------------------------------------------------------------------------------------------------ answers

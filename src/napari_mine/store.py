@@ -65,7 +65,7 @@ class ResultsStore:
         """
         store = cls(root)
         store.root.mkdir(parents=True, exist_ok=True)
-        checkpoint = None if checkpoint is None else str(Path(checkpoint).expanduser().resolve())
+        checkpoint = str(Path(checkpoint).expanduser().resolve()) if checkpoint else None
         if (store.root / MANIFEST).exists():
             existing = store.manifest
             if existing.model.id != model.get("id"):
