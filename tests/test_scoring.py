@@ -40,12 +40,19 @@ def scores(world):
 def test_scores_have_the_summary_structure_and_valid_ranges(scores, world):
     assert set(scores) == {"attribution", "description", "profile", "clusters"}
     attribution, description, profile = scores["attribution"], scores["description"], scores["profile"]
-    assert set(attribution) == {"pointing_game", "n_pairs", "faithfulness"}
+    assert set(attribution) == {"pointing_game", "n_pairs", "faithfulness", "faithfulness_pairs"}
     assert attribution["n_pairs"] == description["n_pairs"] and 2 <= attribution["n_pairs"] <= 24
     assert set(attribution["faithfulness"]) == set(METHODS)
-    for aucs in attribution["faithfulness"].values():
-        assert set(aucs) == {"deletion_auc", "insertion_auc"}
-        assert all(0.0 <= value <= 1.0 for value in aucs.values())
+    pairs = attribution["faithfulness_pairs"]
+    for method, aucs in attribution["faithfulness"].items():
+        assert set(aucs) == {"deletion_auc", "insertion_auc", "deletion_auc_ci", "insertion_auc_ci"}
+        for key in ("deletion_auc", "insertion_auc"):
+            assert 0.0 <= aucs[key] <= 1.0
+            low, high = aucs[f"{key}_ci"]
+            assert low <= aucs[key] <= high  # one pair here: the CI is that pair's value
+            assert np.mean(pairs[method][key]) == pytest.approx(aucs[key])
+    assert len(pairs["row"]) == len(pairs["voxel"]) == len(pairs["spatial_fraction"])
+    assert all(0.0 <= fraction <= 1.0 for fraction in pairs["spatial_fraction"])
     for accuracy in (attribution["pointing_game"], description["top1_accuracy"], profile["top1_accuracy"],
                      profile["baseline_top1_accuracy"]):
         assert 0.0 <= accuracy <= 1.0

@@ -45,7 +45,8 @@ from .brain import FLOC_CATEGORY, ROI_FILES, object_drives
 MIN_NORMALIZED_R = 0.5
 DEFAULT_N_VOXELS = 200
 DEFAULT_N_IMAGES_PER_VOXEL = 5
-DEFAULT_FAITHFULNESS_PAIRS = 8
+DEFAULT_FAITHFULNESS_PAIRS = 32  # enough for a CI over pairs (8 gave one mean and no spread)
+FAITHFULNESS_BOOT = 2000
 IG_STEPS = 8
 HIT_TOLERANCE = 0.5  # of a cell's width: the pointing game's distance from the top cell's centre
 MIN_CLUSTER_VOXELS = 10
@@ -89,12 +90,14 @@ def score_interpretation(results, dataset, truth, backbone, *, seed: int = 0, n_
     space = concept_space(synthetic_vocabulary(), backbone)
     pairs = sample_pairs(results, dataset, truth, voxels, rng, n_voxels, n_images_per_voxel)
     faithful = np.sort(rng.choice(len(pairs.rows), size=min(n_faithfulness_pairs, len(pairs.rows)), replace=False))
+    faithfulness, faithfulness_pairs = faithfulness_scores(results, dataset, backbone, pairs.rows[faithful],
+                                                           pairs.voxels[faithful], seed)
     return {
         "attribution": {
             "pointing_game": float(pointing_game_hits(pairs.tokens, pairs.weights, pairs.masks).mean()),
             "n_pairs": len(pairs.rows),
-            "faithfulness": faithfulness_scores(results, dataset, backbone, pairs.rows[faithful],
-                                                pairs.voxels[faithful]),
+            "faithfulness": faithfulness,
+            "faithfulness_pairs": faithfulness_pairs,
         },
         "description": {
             "top1_accuracy": float(np.mean(description_categories(pairs.tokens, pairs.weights, space)
@@ -223,9 +226,14 @@ def cell_points_at(cell: tuple[int, int], grid_side: int, mask: np.ndarray) -> b
     return bool(distance <= HIT_TOLERANCE * min(cell_height, cell_width))
 
 
-def faithfulness_scores(results, dataset, backbone, rows: np.ndarray, voxels: np.ndarray) -> dict:
-    """Mean deletion and insertion AUC of every attribution method over the (row, voxel) pairs."""
-    from napari_mine.attribution import attribution_maps, faithfulness
+def faithfulness_scores(results, dataset, backbone, rows: np.ndarray, voxels: np.ndarray,
+                        seed: int = 0) -> tuple[dict, dict]:
+    """Deletion and insertion AUC of every attribution method over the (row, voxel) pairs.
+
+    Returns the mean and 95 % bootstrap CI over pairs per method, and the per-pair values with each pair's
+    row, voxel and the share of |terms| its patches carry (so worlds can be pooled and compared pair by pair).
+    """
+    from napari_mine.attribution import attribution_maps, faithfulness, spatial_fraction
 
     weights, bias = results.weights()
     pixels = backbone.preprocess(dataset.images[rows])
@@ -234,8 +242,20 @@ def faithfulness_scores(results, dataset, backbone, rows: np.ndarray, voxels: np
         image = pixels[index:index + 1]
         maps = attribution_maps(backbone, image, weights[:, voxel], n_steps=IG_STEPS)
         per_pair.append(faithfulness(backbone, image, weights[:, voxel], float(bias[voxel]), maps))
-    return {method: {key: float(np.mean([pair[method][key] for pair in per_pair]))
-                     for key in ("deletion_auc", "insertion_auc")} for method in per_pair[0]}
+    tokens = results.tokens(rows)
+    fractions = [float(np.squeeze(spatial_fraction(tokens[i], results.rest()[row], weights[:, voxel], bias[voxel])))
+                 for i, (row, voxel) in enumerate(zip(rows, voxels))]
+    rng = np.random.default_rng([int(seed), 31])
+    draws = rng.integers(0, len(per_pair), size=(FAITHFULNESS_BOOT, len(per_pair)))
+    means, pairs = {}, {"row": [int(r) for r in rows], "voxel": [int(v) for v in voxels], "spatial_fraction": fractions}
+    for method in per_pair[0]:
+        means[method], pairs[method] = {}, {}
+        for key in ("deletion_auc", "insertion_auc"):
+            values = np.array([pair[method][key] for pair in per_pair])
+            means[method][key] = float(values.mean())
+            means[method][f"{key}_ci"] = [float(v) for v in np.percentile(values[draws].mean(axis=1), [2.5, 97.5])]
+            pairs[method][key] = [float(v) for v in values]
+    return means, pairs
 
 
 # ----------------------------------------------------------------------------------------------- concepts
