@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -141,6 +142,17 @@ def cmd_validate(args) -> None:
     print(f"validation written to {results.root / 'summary.json'} and {results.root / 'figures'}")
 
 
+def cmd_evaluate(args) -> None:
+    from napari_mine.evaluate import evaluate
+
+    path = evaluate(args.out, args.seeds, n_images=args.images, workers=args.workers, log=print)
+    evaluation = json.loads(path.read_text())
+    missed = [aim["score"] for aim in evaluation["aims"] if not aim["met"]]
+    print(f"{path} and {path.with_suffix('.md')}: {len(evaluation['aims']) - len(missed)} of "
+          f"{len(evaluation['aims'])} aims met on the worst {evaluation['judged_on']} seed"
+          + (f"; missed: {', '.join(missed)}" if missed else ""))
+
+
 def cmd_view(args) -> None:
     from napari_mine.viewer import view_results
 
@@ -232,6 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--seed", type=int, default=0)
     validate.add_argument("--checkpoint", default=None)
     validate.set_defaults(run=cmd_validate)
+
+    evaluate = commands.add_parser("evaluate", help="the demo pipeline on several world seeds: every score's "
+                                                    "mean, spread and worst seed")
+    evaluate.add_argument("--seeds", type=int, nargs="+", required=True,
+                          help="world seeds (the split: demo 0, tuning 1-3, report-only 101-105)")
+    evaluate.add_argument("--out", required=True, help="folder of the per-seed runs and evaluation.json/.md")
+    evaluate.add_argument("--images", type=int, default=None, help="images per world (default: the demo's size)")
+    evaluate.add_argument("--workers", type=int, default=None,
+                          help="worlds run at once on a Dask local cluster (default: one per 2 cores)")
+    evaluate.set_defaults(run=cmd_evaluate)
 
     view = commands.add_parser("view", help="open napari with the plugin docked and RESULTS loaded")
     view.add_argument("results")

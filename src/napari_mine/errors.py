@@ -15,7 +15,7 @@ class Cancelled(RuntimeError):
 
 # The optional features, by the pyproject extra that installs them: extra -> (feature, its packages).
 EXTRAS = {"diffusion": ("The diffusion generator", ("diffusers", "transformers")),
-          "dask": ("Feature extraction on a Dask cluster", ("distributed",))}
+          "dask": ("Running on a Dask cluster (features, evaluation across seeds)", ("distributed",))}
 
 
 def require_extra(extra: str) -> None:
