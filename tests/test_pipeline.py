@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from napari_mine import cli
-from napari_mine.encoding import VoxelEncoder
 from napari_mine.errors import Cancelled
 from napari_mine.pipeline import compute_features, fit_encoder_step
 from napari_mine.store import ResultsStore
@@ -34,7 +33,7 @@ def test_token_contributions_sum_to_features(fitted):
 def test_projected_terms_sum_to_prediction(fitted):
     _, _, store, _ = fitted
     group = store.results().group("encoder")
-    encoder = VoxelEncoder.from_arrays(group)
+    encoder = store.results().encoder
     weights, bias = group["effective_weights"][...], group["effective_bias"][...]
     tokens = store.results().group("features")["tokens"][:8]
     rest = store.results().group("features")["rest"][...][:8]

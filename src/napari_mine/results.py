@@ -169,10 +169,6 @@ class TargetInfo:
     normalized_r: float | None
     noise_ceiling: float | None
 
-    @property
-    def voxel(self) -> int:
-        return self.target
-
 
 # ------------------------------------------------------------------------------------------------ answers
 
@@ -366,10 +362,6 @@ class Results:
     @property
     def n_images(self) -> int:
         return int(self._tokens_array().shape[0])
-
-    def test_rows(self) -> np.ndarray:
-        """The feature rows the encoder was scored on (held out of its fit)."""
-        return self._array("encoder", "test_image_ids").astype(np.int64)
 
     def predict(self, targets=None, rows=None) -> np.ndarray:
         """The encoder's predictions ``f @ w̃ + b̃`` (n_rows, n_targets) from the stored features."""

@@ -110,6 +110,3 @@ class VolumeSpace:
         if value not in labels:
             raise MineInputError(f"ROI {roi!r} has no label {label!r}; choose one of {sorted(labels.values())}.")
         return int(value)
-
-    def roi_targets(self, roi: str, label: int | str) -> np.ndarray:
-        return np.flatnonzero(self.roi_values(roi) == self.label_value(roi, label))

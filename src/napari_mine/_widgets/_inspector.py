@@ -339,9 +339,9 @@ class VoxelInspector(QWidget):
 
     def _show_report(self, target: _Target, report: TargetReport, note: str) -> None:
         info = report.info
-        self._selected = (target.store, info.voxel)
-        self._mark_voxel(target, info.ijk, info.voxel)
-        self.status.setText(f"Voxel {info.voxel} of {Path(target.store).name}")
+        self._selected = (target.store, info.target)
+        self._mark_voxel(target, info.ijk, info.target)
+        self.status.setText(f"Voxel {info.target} of {Path(target.store).name}")
         self.fields["ijk"].setText(str(info.ijk))
         self.fields["world"].setText("(" + ", ".join(f"{v:.1f}" for v in info.world) + ")")
         self.fields["roi"].setText(", ".join(info.rois) or "none")
