@@ -59,17 +59,19 @@ def pair_breakdown(seed_dir: Path, seed: int) -> dict:
 
 def cluster_breakdown(seed_dir: Path, seed: int) -> dict:
     from napari_mine.data import load_nsd
-    from napari_mine.describe import cluster_voxels
+    from napari_mine.describe import cluster_voxels, weight_features
     from napari_mine.results import Results
     from napari_mine.synthetic import scoring
     from napari_mine.synthetic.truth import load_truth
+    from napari_mine.vocabulary import concept_space, synthetic_vocabulary
 
     results = Results.open(seed_dir)
+    space = concept_space(synthetic_vocabulary(), results.backbone(device="cpu"))
     truth = load_truth(seed_dir / "world")
     dataset = load_nsd(seed_dir / "world", subject=1)
     voxels = scoring.scored_voxels(results, dataset, truth)
     tuning = truth.brain.tuning
-    weights = results.weights()[0][:, voxels].T
+    weights = weight_features(results.weights()[0][:, voxels].T, space.directions)  # as the scoring clusters
     rows = {}
     for roi in scoring.CATEGORY_ROIS:
         members = tuning.roi[voxels] == roi

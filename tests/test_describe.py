@@ -390,3 +390,14 @@ def test_mine_small_describes_a_single_object_scene_by_its_category(tmp_path):
         weight = space.embeddings[space.vocabulary.concepts.index(category)]
         description = D.describe_image(tokens, weight, space)
         assert category in description.text.split(), (category, description.concepts, description.text)
+
+
+def test_weight_features_put_the_weights_beside_their_concept_projections():
+    rng = np.random.default_rng(3)
+    weights, directions = rng.normal(size=(5, 8)), rng.normal(size=(3, 8))
+    features = D.weight_features(weights, directions)
+    assert features.shape == (5, 11)
+    np.testing.assert_allclose(np.linalg.norm(features[:, :8], axis=1), 1.0)
+    np.testing.assert_allclose(np.linalg.norm(features[:, 8:], axis=1), 1.0)
+    projections = weights @ directions.T
+    np.testing.assert_allclose(features[:, 8:], projections / np.linalg.norm(projections, axis=1, keepdims=True))

@@ -440,6 +440,21 @@ def roi_profiles(scores: np.ndarray, voxel_labels: np.ndarray, label_names: dict
             for label, name in label_names.items() if np.any(voxel_labels == label)}
 
 
+def weight_features(weights: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """Voxels' effective weights (V, D) beside their projections on concept directions (K, D), each unit-scaled.
+
+    Within an ROI the weights share the category's direction; what tells sub-populations apart is smaller.
+    A colour preference moves w̃ along a direction the backbone mixes with other objects' colours, and is
+    drowned by the rest of w̃; read out on the vocabulary's concepts it stands out. Both halves weigh alike.
+    Chosen on the tuning worlds 0–3 (lowest ROI's ARI 0.32–0.93 on w̃ alone, 0.71–0.94 with both).
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    projections = weights @ np.asarray(directions, dtype=np.float64).T
+    tiny = np.finfo(float).tiny
+    return np.hstack([weights / np.maximum(np.linalg.norm(weights, axis=1, keepdims=True), tiny),
+                      projections / np.maximum(np.linalg.norm(projections, axis=1, keepdims=True), tiny)])
+
+
 def cluster_voxels(features: np.ndarray, k_range: tuple[int, int] = DEFAULT_K_RANGE, seed: int = 0) -> Clustering:
     """Cluster voxels into sub-populations, choosing k by silhouette.
 

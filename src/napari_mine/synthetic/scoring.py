@@ -25,10 +25,12 @@ where the encoder is good enough for the question to be fair.
   baseline. Per ROI label, the best category
   concept of the mean profile of its scored voxels, and whether it is the ROI's true category.
 * **Clusters.** Per ROI label with at least 10 scored voxels, :func:`describe.cluster_voxels` (k chosen by
-  silhouette) on the voxels' effective weights w̃, scored by the adjusted Rand index against the true
+  silhouette) on :func:`describe.weight_features` (each voxel's w̃ beside its projection on the vocabulary's
+  concept directions, both unit-scaled), scored by the adjusted Rand index against the true
   sub-populations. The weights recover the sub-populations better than the profiles: hemifield, size and
   colour preferences move w̃ along many feature directions, while a profile keeps only what the vocabulary's
-  few attribute concepts and the top images' regions show.
+  few attribute concepts and the top images' regions show; the projection keeps a colour preference, which
+  moves w̃ along a direction the backbone mixes with other objects' colours, from being drowned by the rest.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def score_interpretation(results, dataset, truth, backbone, *, seed: int = 0, n_
             "n_pairs": len(pairs.rows),
         },
         "profile": profile_scores(results, truth, voxels, space),
-        "clusters": cluster_scores(results, truth, voxels, seed),
+        "clusters": cluster_scores(results, truth, voxels, space, seed),
     }
 
 
@@ -301,14 +303,14 @@ def profile_scores(results, truth, voxels: np.ndarray, space) -> dict:
     }
 
 
-def cluster_scores(results, truth, voxels: np.ndarray, seed: int = 0) -> dict:
-    """Adjusted Rand index of clusters of each ROI's effective weights against the true sub-populations."""
+def cluster_scores(results, truth, voxels: np.ndarray, space, seed: int = 0) -> dict:
+    """Adjusted Rand index of clusters of each ROI's weight features against the true sub-populations."""
     from sklearn.metrics import adjusted_rand_score
 
-    from napari_mine.describe import cluster_voxels
+    from napari_mine.describe import cluster_voxels, weight_features
 
     tuning = truth.brain.tuning
-    weights = results.weights()[0][:, voxels].T
+    weights = weight_features(results.weights()[0][:, voxels].T, space.directions)
     ari = {}
     for roi in CATEGORY_ROIS:
         members = tuning.roi[voxels] == roi
