@@ -160,8 +160,8 @@ class RoiProfile:
     path: Path  # the clusters as a NIfTI labels volume
 
 
-def profile_step(store: ResultsStore, space, *, top_k: int | None = None, rois=None, seed: int = 0,
-                 should_stop: StopFlag = None) -> tuple[object, list[RoiProfile]]:
+def profile_step(store: ResultsStore, space, *, top_k: int | None = None, rois=None,
+                 seed: int = 0) -> tuple[object, list[RoiProfile]]:
     """Profile every target in ``space``'s vocabulary, then each ROI label's mean profile and sub-populations.
 
     Writes ``profiles.zarr`` (with the vocabulary and its digest in the manifest) and one clusters volume per
@@ -181,8 +181,6 @@ def profile_step(store: ResultsStore, space, *, top_k: int | None = None, rois=N
         raise MineInputError(f"{store.root} has no labelled ROI volume {', '.join(map(repr, missing))}; choose from "
                              f"{sorted(available)}.")
     profiles = results.profiles(space, top_k=top_k, use_saved=False)
-    if should_stop is not None and should_stop():
-        raise Cancelled("profiling was cancelled; the results are unchanged.")
     record = {"vocabulary": space.vocabulary.name, "vocabulary_digest": space.vocabulary.digest, "top_k": top_k}
     with store.write_step("profiles", record) as group:
         write_arrays(group, {"scores": profiles.scores, "baseline": profiles.baseline,
