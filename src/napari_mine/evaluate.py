@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 from pathlib import Path
 from typing import Callable
@@ -26,6 +27,7 @@ SEED_SPLIT = {
     "tuning": (1, 2, 3),  # model, method and threshold choices may look at these
     "report": (101, 102, 103, 104, 105),  # never used for a choice: the aims are judged here
 }
+COMPARISONS = {"<": operator.lt, ">": operator.gt, ">=": operator.ge}
 CORES_PER_RUN = 2  # one demo keeps two cores busy (torch and BLAS threads)
 BODY_ROIS = ("EBA", "FBA-1", "FBA-2", "mTL-bodies")
 METHODS = ("exact", "exact_contrast", "integrated_gradients", "occlusion", "gradient_x_input")
@@ -188,8 +190,7 @@ def aggregate(summaries: dict[int, dict]) -> dict:
         if stats is None or stats["n"] == 0:
             continue
         worst = stats["max"] if comparison == "<" else stats["min"]
-        met = worst < threshold if comparison == "<" else (worst > threshold if comparison == ">" else
-                                                           worst >= threshold)
+        met = COMPARISONS[comparison](worst, threshold)
         worst_seed = next(seed for seed, value in stats["per_seed"].items() if value == worst)
         aims.append({"score": name, "aim": f"{comparison} {threshold}", "worst": worst, "worst_seed": int(worst_seed),
                      "mean": stats["mean"], "met": bool(met)})
@@ -210,13 +211,12 @@ def pooled_faithfulness(summaries: dict[int, dict], n_boot: int = 2000, seed: in
         return {}
     rng = np.random.default_rng([seed, 41])
     worlds = list(per_seed)
-    picks = [(rng.choice(worlds, len(worlds)), rng) for _ in range(n_boot)]
+    picks = [rng.choice(worlds, len(worlds)) for _ in range(n_boot)]  # the worlds of each resample, drawn first
 
     def boot(values_of) -> list[float]:
-        means = []
-        for chosen, generator in picks:
-            pooled = np.concatenate([generator.choice(values_of(world), len(values_of(world))) for world in chosen])
-            means.append(pooled.mean())
+        arrays = {world: values_of(world) for world in worlds}
+        means = [np.concatenate([rng.choice(arrays[world], len(arrays[world])) for world in chosen]).mean()
+                 for chosen in picks]
         return [float(v) for v in np.percentile(means, [2.5, 97.5])]
 
     methods = [m for m in next(iter(per_seed.values())) if m not in ("row", "voxel", "spatial_fraction")]

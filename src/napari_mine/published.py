@@ -59,8 +59,8 @@ def score_table(evaluation: dict) -> str:
     """The README's table: the demo's world, then mean ± sd and the worst of the report-only worlds."""
     demo_seed = str(evaluation["seed_split"]["demo"][0])
     report = evaluation["scores"].get("report", {})
-    seeds = evaluation["scores"].get("report") and evaluation["seed_split"]["report"]
-    lines = [f"| score | demo world (seed {demo_seed}) | report-only worlds {list(seeds or [])}: mean ± sd | "
+    seeds = evaluation["seed_split"]["report"] if report else []
+    lines = [f"| score | demo world (seed {demo_seed}) | report-only worlds {list(seeds)}: mean ± sd | "
              "worst (seed), or range for a control |", "| --- | --- | --- | --- |"]
     for label, name, style, better in ROWS:
         demo = evaluation["scores"]["all"].get(name, {}).get("per_seed", {}).get(demo_seed)

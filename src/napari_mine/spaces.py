@@ -27,11 +27,12 @@ class VolumeSpace:
         self.rois = dict(rois)
         self.columns = np.full(self.mask.shape, -1, dtype=np.int64)
         self.columns[self.mask] = np.arange(int(self.mask.sum()))
+        self._flat = np.flatnonzero(self.mask)  # target -> flat grid index (a click's lookup, O(1))
         self._labels: dict[str, np.ndarray] = {}
 
     @property
     def n_targets(self) -> int:
-        return int(self.mask.sum())
+        return len(self._flat)
 
     def target_at(self, ijk) -> int | None:
         """The target at integer grid indices, or None outside the grid or the mask."""
@@ -42,7 +43,7 @@ class VolumeSpace:
         return column if column >= 0 else None
 
     def ijk_of(self, target: int) -> tuple[int, ...]:
-        return tuple(int(v) for v in np.argwhere(self.columns == target)[0])
+        return tuple(int(v) for v in np.unravel_index(self._flat[target], self.mask.shape))
 
     def world_of(self, target: int) -> tuple[float, ...]:
         return tuple(float(v) for v in (self.affine @ np.append(self.ijk_of(target), 1.0))[:3])

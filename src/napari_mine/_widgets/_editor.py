@@ -11,6 +11,7 @@ as a map over the brain.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from functools import partial
 from pathlib import Path
 
@@ -62,7 +63,8 @@ def delta_colormap():
 
 
 # ---- worker jobs (no Qt) ----------------------------------------------------------------------------
-_generators: dict[tuple, tuple] = {}
+LOADED_GENERATORS = 2  # generators kept for the session (a diffusers pipeline holds gigabytes)
+_generators: OrderedDict[tuple, tuple] = OrderedDict()
 _generators_lock = threading.Lock()
 
 
@@ -87,6 +89,9 @@ def shared_generator(kind: str, source: str | None, steps: int, results=None):
             else:
                 import_torch()
                 _generators[key] = (DiffusionGenerator.load(source, steps=steps), None)
+            while len(_generators) > LOADED_GENERATORS:
+                _generators.popitem(last=False)
+        _generators.move_to_end(key)
         return _generators[key]
 
 
