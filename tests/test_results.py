@@ -79,7 +79,7 @@ def test_queries_are_exact_sums_of_the_token_terms(tmp_path):
                                    atol=1e-6)
     rows, values = results.top_images(4, k=5)
     np.testing.assert_array_equal(rows, np.argsort(-predicted[:, 4], kind="stable")[:5])
-    volume = results.space.to_volume(results.accuracy["r"])
+    volume = results.space.unmask(results.accuracy["r"])
     np.testing.assert_array_equal(volume[results.space.mask], results.accuracy["r"])
     assert results.space.target_at(results.space.ijk_of(7)) == 7
     assert results.space.target_at((0, 0, 1)) is None  # outside the mask

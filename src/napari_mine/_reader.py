@@ -224,7 +224,7 @@ def read_store(path: str | Path, *, stimuli: bool = True) -> list[tuple]:
                                  "contrast_limits": (float(low), float(max(high, low + 1e-6))),
                                  "metadata": layer_metadata(results.root, "anatomy")}, "image"))
     if results.has("encoder"):
-        volume = space.to_volume(results.accuracy["normalized_r"]).astype(np.float32)
+        volume = space.unmask(results.accuracy["normalized_r"]).astype(np.float32)
         layers.append((volume, {
             "name": "accuracy (r / noise ceiling)", **place, "colormap": ACCURACY_COLORMAP,
             "contrast_limits": (0.0, 1.0), "blending": "translucent", "opacity": 0.8,

@@ -29,7 +29,7 @@ def accuracy_slices_figure(results: Results, path: Path, n_slices: int = 6) -> P
     """Axial slices of the noise-ceiling-normalised r over the anatomy."""
     plt = _figure()
     mask = results.space.mask
-    volume = results.space.to_volume(results.accuracy["normalized_r"]).astype(np.float32)
+    volume = results.space.unmask(results.accuracy["normalized_r"]).astype(np.float32)
     anatomy = results.anatomy()
     anatomy = mask.astype(np.float32) if anatomy is None else anatomy
     z_with_voxels = np.flatnonzero(mask.any(axis=(0, 1)))

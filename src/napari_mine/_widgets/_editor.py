@@ -135,7 +135,7 @@ def edit_steps(store: str, voxel: int, row: int, action: str, concept: str, gene
     edit = yield from staged(EDITING, steps_of(edit_for_voxel, study, voxel, row, action, concept=concept,
                                                space=space, mask_fraction=mask_fraction, seed=seed, stop=stop))
     delta = edit.brain_delta
-    volume = view.space.to_volume(delta).astype(np.float32)
+    volume = view.space.unmask(delta).astype(np.float32)
     limit = float(np.abs(delta).max()) or 1e-6
     rank = int(np.sum(np.abs(delta) > abs(edit.delta))) + 1
     return store, edit, volume, limit, rank

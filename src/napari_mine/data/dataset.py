@@ -16,6 +16,7 @@ import numpy as np
 
 from napari_mine.data.images import ImageStore
 from napari_mine.errors import MineInputError
+from napari_mine.spaces import SurfaceLayout, joined_label_names
 
 NAN_POLICIES = ("raise", "zero", "drop-voxels")
 ARRAY_MASK = "mask array"  # how a source record names a mask given as an array (which it cannot hold)
@@ -41,10 +42,13 @@ class RoiVolume:
 class Dataset:
     """Stimuli, per-trial responses inside a mask, and what is needed to read them as a brain.
 
-    ``responses[t]`` is the response to image ``images[trial_images[t]]``; columns are the voxels of
-    ``mask`` in ``np.flatnonzero(mask)`` order. ``test_images`` are image positions reserved for testing
-    (NSD's shared images), or None. ``source`` records where the data came from and how it was read
-    (JSON-serialisable, for the results manifest).
+    ``responses[t]`` is the response to image ``images[trial_images[t]]``; columns are the sites of
+    ``mask`` in ``np.flatnonzero(mask)`` order. The sites are the voxels of a grid, or with ``surface`` the
+    vertices of both hemispheres (``mask``, ROI and ncsnr arrays are then 1-D over all vertices, ``anatomy`` the
+    sulcal depth). With ``n_repeats`` the rows are already per-image means of that many trials (one row per
+    image: how fsaverage betas are loaded, since a subject's trials would not fit in memory). ``test_images`` are
+    image positions reserved for testing (NSD's shared images), or None. ``source`` records where the data came
+    from and how it was read (JSON-serialisable, for the results manifest).
     """
 
     name: str
@@ -58,9 +62,17 @@ class Dataset:
     test_images: np.ndarray | None = None
     anatomy: np.ndarray | None = None
     source: dict = field(default_factory=dict)
+    surface: SurfaceLayout | None = None
+    n_repeats: np.ndarray | None = None
 
     def __post_init__(self):
         self.trial_images = np.asarray(self.trial_images, dtype=np.int64)
+        if self.n_repeats is not None:
+            self.n_repeats = np.asarray(self.n_repeats, dtype=np.int64)
+            if len(self.n_repeats) != len(self.trial_images) or len(np.unique(self.trial_images)) != len(
+                    self.trial_images):
+                raise MineInputError("per-image mean responses need one row per distinct image and one repeat count "
+                                     "per row; fix the loader's rows.")
         n_trials, n_voxels = self.responses.shape
         if n_voxels != int(self.mask.sum()) or len(self.trial_images) != n_trials:
             raise MineInputError(
@@ -97,6 +109,9 @@ class Dataset:
         """
         from scipy import sparse
 
+        if self.n_repeats is not None:
+            order = np.argsort(self.trial_images)
+            return self.trial_images[order], self.responses[order], self.n_repeats[order]
         image_ids, row_of_trial, n_repeats = np.unique(self.trial_images, return_inverse=True, return_counts=True)
         weights = (1.0 / n_repeats[row_of_trial]).astype(self.responses.dtype)
         averaging = sparse.csr_matrix(
@@ -290,17 +305,3 @@ def drop_voxels(dropped: np.ndarray, mask: np.ndarray) -> np.ndarray:
     kept = np.zeros(mask.shape, dtype=bool)
     kept.flat[np.flatnonzero(mask)[~dropped]] = True
     return kept
-
-
-def joined_label_names(per_volume, n_targets: int) -> np.ndarray:
-    """One label name per target from several ROI volumes' names (each (n_targets,), "" unlabelled).
-
-    Volumes that give every target the same name (such as the mask's own ``nsdgeneral``) are left out
-    unless no other is left; a target in several gets the names joined by ``"+"`` (e.g. ``V1v+FFA-1``).
-    """
-    per_volume = [np.asarray(names).astype(object) for names in per_volume]
-    per_volume = [names for names in per_volume if len(set(names)) > 1] or per_volume
-    joined = np.full(n_targets, "", dtype=object)
-    for names in per_volume:
-        joined = np.where(joined == "", names, np.where(names == "", joined, joined + "+" + names))
-    return joined.astype(str)
