@@ -25,8 +25,47 @@ def _figure():
     return plt
 
 
+def flat_map_figure(results: Results, values: np.ndarray, path: Path, *, cmap: str, vmin: float, vmax: float,
+                    title: str, label: str | None = None) -> Path:
+    """Values over a surface's vertices on both hemispheres' flat maps, over the sulcal depth (NaN unshaded)."""
+    from napari_mine.surfaces import sulcal_depth
+
+    plt = _figure()
+    space = results.space
+    fig, axes = plt.subplots(1, len(space.hemispheres), figsize=(6.0 * len(space.hemispheres), 4.4), squeeze=False)
+    shown = None
+    for ax, (hemi, hemi_values) in zip(axes[0], space.per_hemisphere(np.asarray(values, dtype=float)).items()):
+        mesh = space.mesh(hemi, "flat")
+        n = mesh.n_vertices  # a coarser mesh draws the first vertices (fsaverage's icosahedral order)
+        x, y = mesh.vertices[:, 0], mesh.vertices[:, 1]
+        depth = sulcal_depth(hemi, space.layout.freesurfer_dir)[:n]
+        ax.tripcolor(x, y, mesh.faces, depth, cmap="gray_r", shading="gouraud", vmin=-3 * depth.std(),
+                     vmax=4 * depth.std())
+        corners = np.asarray(hemi_values[:n])[mesh.faces]
+        finite = np.isfinite(corners)
+        face_values = np.where(finite.any(axis=1), np.where(finite, corners, 0).sum(axis=1) /
+                               np.maximum(finite.sum(axis=1), 1), np.nan)
+        drawn = np.isfinite(face_values)
+        if drawn.any():
+            shown = ax.tripcolor(x, y, mesh.faces[drawn], facecolors=face_values[drawn], cmap=cmap, vmin=vmin,
+                                 vmax=vmax)
+        ax.set_title(f"{hemi} (flat)", fontsize=9)
+        ax.set_aspect("equal")
+        ax.axis("off")
+    if shown is not None and label:
+        fig.colorbar(shown, ax=axes, shrink=0.7, label=label)
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def accuracy_slices_figure(results: Results, path: Path, n_slices: int = 6) -> Path:
-    """Axial slices of the noise-ceiling-normalised r over the anatomy."""
+    """The noise-ceiling-normalised r over the anatomy: axial slices, or the flat cortex for surface results."""
+    if results.space.kind == "surface":
+        return flat_map_figure(results, results.space.unmask(results.accuracy["normalized_r"]), path,
+                               cmap="inferno", vmin=0, vmax=1, title="Held-out accuracy on the flat cortex",
+                               label="noise-ceiling-normalised r")
     plt = _figure()
     mask = results.space.mask
     volume = results.space.unmask(results.accuracy["normalized_r"]).astype(np.float32)
@@ -131,7 +170,11 @@ def profile_charts_figure(profiles_by_name: dict[str, list[tuple[str, float]]], 
 
 
 def cluster_map_figure(results: Results, clusters: np.ndarray, path: Path, n_slices: int = 6) -> Path:
-    """Within-ROI sub-populations (a labels volume) over the anatomy, on the slices that hold them."""
+    """Within-ROI sub-populations (labels over the sites) on the slices that hold them, or the flat cortex."""
+    if results.space.kind == "surface":
+        return flat_map_figure(results, np.where(clusters > 0, clusters, np.nan), path, cmap="tab10", vmin=0.5,
+                               vmax=10.5, title="Within-ROI sub-populations (clusters of vertex profiles; colour = "
+                                                "cluster)")
     plt = _figure()
     anatomy = results.anatomy()
     anatomy = results.space.mask.astype(float) if anatomy is None else anatomy

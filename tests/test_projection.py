@@ -1,0 +1,72 @@
+"""Volume → fsaverage through NSD's transforms files, written here as NSD writes them (MGH, 1-based, 9999)."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_mine.errors import MineInputError
+from napari_mine.projection import INVALID, nsd_projection
+
+GRID = (9, 10, 11)
+
+
+def write_transforms(root, coordinates, native_of_fsaverage, subject=1):
+    """Write both hemispheres' depth files (0-based coordinates given, written 1-based) and fsaverage maps."""
+    folder = root / "nsddata" / "ppdata" / f"subj{subject:02d}" / "transforms"
+    folder.mkdir(parents=True, exist_ok=True)
+    for hemi in ("lh", "rh"):
+        for depth, offset in zip(("layerB1", "layerB2", "layerB3"), (-0.2, 0.0, 0.2)):
+            values = np.where(np.isnan(coordinates), INVALID, coordinates + 1 + offset)
+            image = nib.MGHImage(values.reshape(-1, 1, 1, 3).astype(np.float32), np.eye(4))
+            nib.save(image, folder / f"{hemi}.func1pt8-to-{depth}.mgz")
+        nib.save(nib.MGHImage((native_of_fsaverage + 1).reshape(-1, 1, 1).astype(np.int32), np.eye(4)),
+                 folder / f"{hemi}.white-to-fsaverage.mgz")
+    return folder
+
+
+@pytest.fixture
+def transforms(tmp_path):
+    rng = np.random.default_rng(0)
+    coordinates = rng.uniform(1.5, np.array(GRID) - 2.5, size=(40, 3))
+    coordinates[3] = np.nan  # an invalid native vertex
+    native_of_fsaverage = rng.integers(0, 40, size=642)
+    write_transforms(tmp_path, coordinates, native_of_fsaverage)
+    return tmp_path, coordinates, native_of_fsaverage
+
+
+def test_a_linear_map_is_sampled_exactly_and_carried_to_fsaverage(transforms):
+    root, coordinates, native = transforms
+    projection = nsd_projection(root, 1, GRID)
+    i, j, k = np.meshgrid(*map(np.arange, GRID), indexing="ij")
+    values = projection.project((i + 2 * j + 3 * k).astype(np.float32))
+    expected = (coordinates @ np.array([1.0, 2.0, 3.0]))[native]
+    assert values.shape == (2 * 642,)
+    assert projection.layout.mesh == "fsaverage3"
+    np.testing.assert_allclose(values[:642], expected, rtol=1e-5)  # NaN where the native vertex is invalid
+    np.testing.assert_allclose(values[642:], expected, rtol=1e-5)
+
+
+def test_labels_take_the_nearest_voxel_and_nan_voxels_stay_out(transforms):
+    root, coordinates, native = transforms
+    projection = nsd_projection(root, 1, GRID)
+    labels = np.zeros(GRID, np.int32)
+    labels[:5] = 7
+    projected = projection.project(labels, labels=True)[:642]
+    expected = np.where(np.isnan(coordinates[:, 0]), 0, np.where(np.rint(np.nan_to_num(coordinates[:, 0])) < 5, 7, 0))
+    np.testing.assert_array_equal(projected, expected[native])
+    masked = np.full(GRID, np.nan, np.float32)
+    masked[:5] = 1.0
+    values = projection.project(masked)[:642]
+    far = np.nan_to_num(coordinates[native, 0], nan=0) > 5.5
+    assert np.isnan(values[far]).all() and np.allclose(values[np.nan_to_num(coordinates[native, 0], nan=99) < 3.5], 1)
+    assert projection.voxel_of("lh", int(np.flatnonzero(native != 3)[0])) is not None
+
+
+def test_transforms_of_another_grid_or_missing_files_are_refused(transforms, tmp_path):
+    root, _, _ = transforms
+    with pytest.raises(MineInputError, match="another subject or grid"):
+        nsd_projection(root, 1, (5, 5, 5))
+    with pytest.raises(MineInputError, match="lacks"):
+        nsd_projection(root, 2, GRID)
+    with pytest.raises(MineInputError, match="cannot be projected"):
+        nsd_projection(root, 1, GRID).project(np.zeros((3, 3, 3)))
