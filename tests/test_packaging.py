@@ -58,7 +58,7 @@ def test_diffusion_without_its_packages_names_the_extra(monkeypatch, missing, ca
     assert str(error.value).startswith("The diffusion generator needs the optional packages")
 
 
-@pytest.mark.parametrize("call", ["connect", "decompose_on_cluster"])
+@pytest.mark.parametrize("call", ["connect", "run_chunks"])
 def test_dask_cluster_without_distributed_names_the_extra(monkeypatch, call):
     from napari_mine import distributed
 
@@ -67,7 +67,7 @@ def test_dask_cluster_without_distributed_names_the_extra(monkeypatch, call):
         if call == "connect":
             distributed.connect("local")
         else:
-            distributed.decompose_on_cluster(None, None, None, [])
+            distributed.run_chunks(None, [], None, client=object())
     _check_one_sentence(str(error.value), "dask", ("distributed",))
     assert "optional package distributed" in str(error.value)
 

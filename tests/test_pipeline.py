@@ -137,7 +137,8 @@ def test_features_on_a_dask_cluster_match_the_serial_ones(fitted, tmp_path, monk
     with Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
         n = compute_features(dataset, backbone, on_cluster, batch_size=16, client=client,
                              on_progress=lambda *report: reports.append(report))
-    assert n == len(dataset.images) and reports[-1] == (n, n) and len(reports) == on_cluster.results().group("features")["tokens"].nchunks
+    n_chunks = on_cluster.results().group("features")["tokens"].nchunks
+    assert n == len(dataset.images) and reports[0] == (0, n) and reports[-1] == (n, n) and len(reports) == n_chunks + 1
     for name in ("tokens", "rest", "features", "image_ids"):
         np.testing.assert_allclose(on_cluster.results().group("features")[name][...],
                                    store.results().group("features")[name][...], atol=1e-6)

@@ -3,35 +3,75 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
 import time
 from pathlib import Path
 
 from napari_mine.errors import MineInputError
 
+SPACES = ("volume", "fsaverage")  # where the targets are: voxels of a grid, or vertices of fsaverage
 
-def _progress(label: str):
-    """A progress printer that rewrites one line on a terminal and prints every ~10 % otherwise."""
-    last = {"shown": -1}
+
+def _progress(label: str, unit: str):
+    """A step's ``on_progress(done, total)`` as a tqdm bar with its rate and time left, on stderr.
+
+    The bar starts at the first report: a resumed step first reports what was already done, so the rate and
+    time left count this run's work only. Off a terminal it redraws every 10 s, not every chunk.
+    """
+    from tqdm import tqdm
+
+    bars: list = []
 
     def show(done: int, total: int) -> None:
-        percent = int(100 * done / max(total, 1))
-        if sys.stderr.isatty():
-            print(f"\r{label}: {done}/{total} ({percent}%)", end="" if done < total else "\n", file=sys.stderr)
-        elif percent // 10 != last["shown"] // 10 or done == total:
-            print(f"{label}: {done}/{total} ({percent}%)", file=sys.stderr)
-        last["shown"] = percent
+        if not bars:
+            bars.append(tqdm(total=total, initial=done, desc=label, unit=unit, file=sys.stderr, dynamic_ncols=True,
+                             mininterval=0.5 if sys.stderr.isatty() else 10.0))
+        bar = bars[0]
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
 
     return show
 
 
-def _load_dataset(path: str, layout: str, subject: int):
-    from napari_mine.data import load_generic, load_nsd
+@contextlib.contextmanager
+def _dask_client(address: str | None, what: str):
+    """The Dask client of ``--dask ADDRESS`` (None without it), closed at the end."""
+    if not address:
+        yield None
+        return
+    from napari_mine.distributed import connect
+
+    client = connect(address)
+    print(f"{what} on the Dask cluster {client.dashboard_link}", file=sys.stderr)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _concept_space(results, vocabulary: str | None, checkpoint: str | None):
+    """The vocabulary embedded by the results' model, with a progress bar when it is not cached yet."""
+    from napari_mine.vocabulary import concept_space, vocabulary_named
+
+    name = vocabulary or results.default_vocabulary()
+    space = concept_space(vocabulary_named(name), results.backbone(checkpoint),
+                          on_progress=_progress("vocabulary", "prompt"))
+    results.check_model(space.model_id)
+    return space
+
+
+def _load_dataset(path: str, layout: str, subject: int, space: str = "volume"):
+    from napari_mine.data import load_generic, load_generic_surface, load_nsd, load_nsd_surface
 
     if layout == "nsd" or (layout == "auto" and _looks_like_nsd(Path(path))):
-        return load_nsd(path, subject=subject)
-    return load_generic(path)
+        return load_nsd_surface(path, subject=subject) if space == "fsaverage" else load_nsd(path, subject=subject)
+    return load_generic_surface(path) if space == "fsaverage" else load_generic(path)
 
 
 def _looks_like_nsd(path: Path) -> bool:
@@ -41,7 +81,7 @@ def _looks_like_nsd(path: Path) -> bool:
 def cmd_world(args) -> None:
     from napari_mine.synthetic.write_nsd import write_world
 
-    info = write_world(args.out, seed=args.seed, n_images=args.images)
+    info = write_world(args.out, seed=args.seed, n_images=args.images, space=args.space)
     print(f"wrote a synthetic world in the NSD layout to {args.out} ({info})")
 
 
@@ -50,22 +90,14 @@ def cmd_features(args) -> None:
     from napari_mine.pipeline import compute_features
     from napari_mine.store import ResultsStore
 
-    dataset = _load_dataset(args.data, args.layout, args.subject)
+    dataset = _load_dataset(args.data, args.layout, args.subject, args.space)
     backbone = load_backbone(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, device=args.device)
-    client = None
-    if args.dask:
-        from napari_mine.distributed import connect
-
-        client = connect(args.dask)
-        print(f"decomposing on the Dask cluster {client.dashboard_link}")
-    try:
+    with _dask_client(args.dask, "decomposing") as client:
         store = ResultsStore.create(args.out, model=backbone.record, dataset=dataset.source,
                                     checkpoint=args.checkpoint)
         n = compute_features(dataset, backbone, store, batch_size=args.batch_size, client=client,
-                             checkpoint=args.checkpoint, on_progress=_progress("features"))
-    finally:
-        if client is not None:
-            client.close()
+                             checkpoint=args.checkpoint, token_dtype=args.token_dtype,
+                             on_progress=_progress("features", "image"), force=args.force)
     print(f"features and token contributions of {n} images written to {store.root}")
 
 
@@ -75,7 +107,7 @@ def cmd_fit(args) -> None:
     from napari_mine.store import ResultsStore
 
     dataset = Results.open(args.results).dataset()
-    summary = fit_encoder_step(dataset, ResultsStore.open(args.results))
+    summary = fit_encoder_step(dataset, ResultsStore.open(args.results), on_progress=_progress("fit", "voxel"))
     with_ceiling = summary["median_nc_r_all"] is not None
     measure, key = ("noise-ceiling-normalised r", "median_nc_r_by_roi") if with_ceiling else ("r", "median_r_by_roi")
     for name, value in summary[key].items():
@@ -100,7 +132,7 @@ def cmd_describe(args) -> None:
     from napari_mine.results import Results
 
     results = Results.open(args.results)
-    space = results.concept_space(args.vocabulary, args.checkpoint)
+    space = _concept_space(results, args.vocabulary, args.checkpoint)
     description = results.describe(args.image, args.voxel, space)
     print(f"image {args.image}, voxel {args.voxel}: {description.text or '(no positive attribution)'}")
     for concept, score in zip(description.concepts, description.scores):
@@ -113,9 +145,11 @@ def cmd_profile(args) -> None:
     from napari_mine.results import Results
     from napari_mine.store import ResultsStore
 
-    space = Results.open(args.results).concept_space(args.vocabulary, args.checkpoint)
+    space = _concept_space(Results.open(args.results), args.vocabulary, args.checkpoint)
     store = ResultsStore.open(args.results)
-    profiles, by_label = profile_step(store, space, top_k=args.top_k, rois=args.roi or None)
+    with _dask_client(args.dask, "profiling") as client:
+        profiles, by_label = profile_step(store, space, top_k=args.top_k, rois=args.roi or None, client=client,
+                                          on_progress=_progress("profiles", "target"), force=args.force)
     print(f"profiles of {len(profiles.voxels)} voxels written to {store.root / 'profiles.zarr'}")
     for roi in by_label:
         concepts = ", ".join(f"{c} ({v:.2f})" for c, v in top_concepts(roi.profile, profiles.concepts, 3))
@@ -135,11 +169,32 @@ def cmd_validate(args) -> None:
             raise MineInputError("--generator diffusers needs --model: a diffusers model id in your cache or a "
                                  "local folder saved with save_pretrained.")
         generator = DiffusionGenerator.load(args.model, edit_model=args.edit_model, steps=args.steps)
-    summary = validate_step(results, generator=generator, backbone=results.backbone(args.checkpoint), seed=args.seed,
-                            n_voxels=args.voxels, on_progress=_progress("experiments"))
+    with _dask_client(args.dask, "validating") as client:
+        summary = validate_step(results, generator=generator, backbone=results.backbone(args.checkpoint),
+                                seed=args.seed, n_voxels=args.voxels, client=client, checkpoint=args.checkpoint,
+                                on_progress=_progress("validation", "pair"), force=args.force)
     for name in ("removal_sign_accuracy", "insertion_sign_accuracy", "profile_vs_image_insertion_delta_ratio"):
         print(f"{name}: {summary.get(name)}")
     print(f"validation written to {results.root / 'summary.json'} and {results.root / 'figures'}")
+
+
+def cmd_export(args) -> None:
+    import numpy as np
+
+    from napari_mine.export import export_maps
+    from napari_mine.results import Results
+
+    values = None
+    if args.values:
+        try:
+            values = np.load(args.values, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise MineInputError(f"{args.values} cannot be read as a .npy array ({error}); save the per-target "
+                                 "values with numpy.save.") from None
+    paths = export_maps(Results.open(args.results), args.map, args.format, args.out, values=values,
+                        label=Path(args.values).stem if args.values else None, on_fsaverage=args.on_fsaverage)
+    for path in paths:
+        print(path)
 
 
 def cmd_evaluate(args) -> None:
@@ -156,13 +211,13 @@ def cmd_evaluate(args) -> None:
 def cmd_view(args) -> None:
     from napari_mine.viewer import view_results
 
-    view_results(args.results)
+    view_results(args.results, on_fsaverage=args.on_fsaverage)
 
 
 def cmd_demo(args) -> None:
     from napari_mine.demo import run_demo
 
-    summary_path = run_demo(args.out, seed=args.seed, n_images=args.images, log=print)
+    summary_path = run_demo(args.out, seed=args.seed, n_images=args.images, space=args.space, log=print)
     print(f"demo finished: {Path(args.out) / 'report.html'} and {summary_path}")
     if args.view:
         from napari_mine.viewer import view_results
@@ -177,6 +232,12 @@ def _general_size() -> int:
     return len(read_concepts(GENERAL_VOCABULARY_FILE))
 
 
+FORCE_HELP = ("recompute even if the step is done with these settings (an interrupted run resumes without it, "
+              "from its last complete chunk)")
+DASK_HELP = ("run the {what} as tasks of a Dask cluster: a scheduler address (tcp://host:8786) or 'local'; its "
+             "workers must see the results folder")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-mine", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -185,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("out")
     world.add_argument("--seed", type=int, default=0)
     world.add_argument("--images", type=int, default=2500)
+    world.add_argument("--space", choices=SPACES, default="volume",
+                       help="fsaverage: write the same subject on fsaverage5 too (NSD's surface betas, labels and "
+                            "volume-to-surface transforms)")
     world.set_defaults(run=cmd_world)
 
     features = commands.add_parser("features", help="CLIP features and exact token contributions of every image")
@@ -192,14 +256,21 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--out", required=True, help="the results folder to create or add to")
     features.add_argument("--layout", choices=["auto", "nsd", "generic"], default="auto")
     features.add_argument("--subject", type=int, default=1)
+    features.add_argument("--space", choices=SPACES, default="volume",
+                          help="volume (voxels, the default) or fsaverage (vertices of both hemispheres: NSD's "
+                               "{lh,rh}.betas_sessionNN.mgh, or a generic folder's per-vertex responses)")
     features.add_argument("--model", default="mine-small", help="mine-small or any open_clip model name")
     features.add_argument("--pretrained", default=None, help="open_clip pretrained tag, e.g. laion2b_s34b_b88k")
     features.add_argument("--checkpoint", default=None, help="a local weights file (no download)")
     features.add_argument("--device", default="auto", help="cpu, cuda or auto")
     features.add_argument("--batch-size", type=int, default=64)
+    features.add_argument("--token-dtype", choices=["float32", "float16"], default="float32",
+                          help="how the token contribution cache is stored: float32 (exact, default) or float16 "
+                               "(half the disk; its error in docs/benchmarks.md)")
     features.add_argument("--dask", default=None, metavar="ADDRESS",
                           help="decompose on a Dask cluster: a scheduler address (tcp://host:8786) or 'local'; "
                                "its workers must see the results folder and the images")
+    features.add_argument("--force", action="store_true", help=FORCE_HELP)
     features.set_defaults(run=cmd_features)
 
     fit = commands.add_parser("fit", help="fit the voxelwise ridge encoder and score it against the noise ceiling")
@@ -230,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--roi", nargs="*", default=None,
                          help="ROI volumes to profile and cluster (default: the category ROIs these results have)")
     profile.add_argument("--checkpoint", default=None)
+    profile.add_argument("--dask", default=None, metavar="ADDRESS", help=DASK_HELP.format(what="target blocks"))
+    profile.add_argument("--force", action="store_true", help=FORCE_HELP)
     profile.set_defaults(run=cmd_profile)
 
     validate = commands.add_parser("validate", help="causal validation: generation from descriptions, edits")
@@ -243,7 +316,27 @@ def build_parser() -> argparse.ArgumentParser:
                           help="voxels sampled from the category ROIs, 2 top images each (default 128)")
     validate.add_argument("--seed", type=int, default=0)
     validate.add_argument("--checkpoint", default=None)
+    validate.add_argument("--dask", default=None, metavar="ADDRESS",
+                          help=DASK_HELP.format(what="experiments on batches of pairs"))
+    validate.add_argument("--force", action="store_true", help=FORCE_HELP)
     validate.set_defaults(run=cmd_validate)
+
+    export = commands.add_parser("export", help="per-target maps as NIfTI (volumes) or MGH / GIfTI (surfaces), for "
+                                                "pycortex, nilearn or FreeSurfer")
+    export.add_argument("results")
+    export.add_argument("--map", nargs="+", default=["accuracy"],
+                        help="accuracy (r / noise ceiling), r, noise-ceiling, clusters (ROI sub-populations), "
+                             "top-concept (a label per concept) or values (an array given by --values)")
+    export.add_argument("--values", default=None, metavar="FILE.npy",
+                        help="per-target values for --map values (e.g. a counterfactual edit's delta), named "
+                             "after the file")
+    export.add_argument("--format", choices=["nifti", "mgh", "gifti"], default="nifti",
+                        help="nifti for volume results; mgh or gifti (one file per hemisphere) for surface results")
+    export.add_argument("--on-fsaverage", action="store_true",
+                        help="carry volume maps of an NSD subject onto fsaverage through its transforms "
+                             "(nsddata/ppdata/subjXX/transforms) and write them as MGH or GIfTI")
+    export.add_argument("--out", required=True, help="the folder to write the files into")
+    export.set_defaults(run=cmd_export)
 
     evaluate = commands.add_parser("evaluate", help="the demo pipeline on several world seeds: every score's "
                                                     "mean, spread and worst seed")
@@ -257,19 +350,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     view = commands.add_parser("view", help="open napari with the plugin docked and RESULTS loaded")
     view.add_argument("results")
+    view.add_argument("--on-fsaverage", action="store_true",
+                      help="also draw the volume maps of an NSD subject on the inflated fsaverage (through its "
+                           "transforms)")
     view.set_defaults(run=cmd_view)
 
     demo = commands.add_parser("demo", help="world -> features -> fit -> report on the synthetic world")
     demo.add_argument("--out", default="demo_out")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--images", type=int, default=None, help="number of images (default: the demo's size)")
+    demo.add_argument("--space", choices=SPACES, default="volume",
+                      help="volume (the default) or fsaverage: the same world's subject on the cortex, every step "
+                           "on vertices")
     demo.add_argument("--view", action="store_true", help="open the results in napari afterwards")
     demo.set_defaults(run=cmd_demo)
     return parser
 
 
+def _show_notes() -> None:
+    """The steps' notes (resuming, discarding a partial, already done) on stderr, once per process."""
+    package = logging.getLogger("napari_mine")
+    if not any(getattr(handler, "napari_mine_cli", False) for handler in package.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("napari-mine %(message)s"))
+        handler.napari_mine_cli = True
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _show_notes()
     start = time.perf_counter()
     try:
         args.run(args)

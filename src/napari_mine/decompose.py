@@ -26,6 +26,7 @@ import numpy as np
 from napari_mine.errors import MineInputError
 
 TOKEN_CHUNK_BYTES = 8 * 2**20
+TOKEN_DTYPES = ("float32", "float16")  # the token cache's storage types: exact, or half the size
 VECTOR_CHUNK_BYTES = 2**20
 DEFAULT_TENSOR_BATCH = 32
 NORM_FLOOR = 1e-12
@@ -181,6 +182,7 @@ def decompose_to_store(
     batch_size: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    token_dtype: str = "float32",
 ) -> int:
     """Fill the token contribution cache: normalised `tokens`, `rest` and `features` arrays in a zarr group.
 
@@ -206,6 +208,8 @@ def decompose_to_store(
         Called after each batch.
     should_stop : callable() -> bool, optional
         Checked before each batch; when it returns True the run ends, leaving `complete` False.
+    token_dtype : "float32" or "float16"
+        How `tokens` is stored (see `create_cache_arrays`); `rest` and `features` stay float32.
 
     Returns
     -------
@@ -214,7 +218,7 @@ def decompose_to_store(
     """
     visual = vision_tower(model)
     total = _count_images(images, n_images)
-    arrays = create_cache_arrays(group, total, token_count(visual), output_dim(visual))
+    arrays = create_cache_arrays(group, total, token_count(visual), output_dim(visual), token_dtype)
     group.attrs.update({"complete": False, "n_done": 0})
     done = 0
     batches = _batches(images, batch_size)
@@ -554,20 +558,36 @@ def _batches(images, batch_size: int | None) -> Iterator:
             yield batch[start : start + step]
 
 
-def create_cache_arrays(group, n_images: int, n_tokens: int, dim: int) -> dict:
-    """Full-size float32 arrays chunked by images (a chunk of a few MiB), NaN until written."""
-    token_rows = _rows_per_chunk(n_tokens * dim * 4, TOKEN_CHUNK_BYTES, n_images)
+def check_token_dtype(token_dtype: str) -> str:
+    """The token cache's storage type, refused unless it is one of `TOKEN_DTYPES`."""
+    if token_dtype not in TOKEN_DTYPES:
+        raise MineInputError(
+            f"token_dtype {token_dtype!r} is not a token cache type; use 'float32' (exact, the default) or "
+            "'float16' (half the disk)."
+        )
+    return token_dtype
+
+
+def create_cache_arrays(group, n_images: int, n_tokens: int, dim: int, token_dtype: str = "float32") -> dict:
+    """Full-size arrays chunked by images (a chunk of a few MiB), NaN until written.
+
+    `tokens` (T times larger than the others) is stored as `token_dtype`: float16 halves the disk at a
+    rounding of each stored term to 11 significant bits (writes cast to it; `Results.tokens` reads float32).
+    `rest` and `features` stay float32, so the encoder's features and its prediction are unchanged.
+    """
+    itemsize = np.dtype(check_token_dtype(token_dtype)).itemsize
+    token_rows = _rows_per_chunk(n_tokens * dim * itemsize, TOKEN_CHUNK_BYTES, n_images)
     vector_rows = _rows_per_chunk(dim * 4, VECTOR_CHUNK_BYTES, n_images)
     shapes = {
-        "tokens": ((n_images, n_tokens, dim), (token_rows, n_tokens, dim)),
-        "rest": ((n_images, dim), (vector_rows, dim)),
-        "features": ((n_images, dim), (vector_rows, dim)),
+        "tokens": ((n_images, n_tokens, dim), (token_rows, n_tokens, dim), token_dtype),
+        "rest": ((n_images, dim), (vector_rows, dim), "float32"),
+        "features": ((n_images, dim), (vector_rows, dim), "float32"),
     }
     return {
         name: group.create_array(
-            name, shape=shape, chunks=chunks, dtype="float32", fill_value=np.nan, overwrite=True
+            name, shape=shape, chunks=chunks, dtype=dtype, fill_value=np.nan, overwrite=True
         )
-        for name, (shape, chunks) in shapes.items()
+        for name, (shape, chunks, dtype) in shapes.items()
     }
 
 

@@ -7,7 +7,9 @@ selected α for every voxel: 20–40× slower than this module at 10,000 images 
 only D × D and D × V statistics: each fold's train Gram is diagonalised once, and the held-out squared
 error of every α follows from D × D × V products, never from per-α predictions. Array work runs on
 himalaya's backend (numpy, torch, torch_cuda), picked in `resolve_backend` and nothing else, in float32 and
-in voxel batches; the small D × D geometry is done once per fold on the host in float64.
+in voxel batches; the small D × D geometry is done once per fold on the host in float64 and reused by
+every batch, so responses can stream from a chunked store on disk (`napari_mine.responses`) a batch at a
+time (`fit_encoder_blocks`): 327,684 surface targets fit in the memory of one batch.
 benchmarks/bench_encoder.py measures this against himalaya's RidgeCV and scikit-learn's RidgeCV.
 """
 
@@ -124,7 +126,7 @@ def _himalaya_backend(name: str) -> Iterator:
 
 def fit_encoder(
     features_train: np.ndarray,
-    responses_train: np.ndarray,
+    responses_train,
     *,
     alphas: np.ndarray = DEFAULT_ALPHAS,
     cv=5,
@@ -139,8 +141,9 @@ def fit_encoder(
     ----------
     features_train : (n, D) array
         Image features (the L2-normalised embeddings); standardised with their training mean and scale.
-    responses_train : (n, V) array
-        Voxel responses to the same images (e.g. averaged over repeats).
+    responses_train : (n, V) array or :class:`napari_mine.responses.ResponseColumns`
+        Voxel responses to the same images (e.g. averaged over repeats); a `ResponseColumns` over a chunked
+        store on disk is read one voxel batch at a time.
     alphas : 1-D array
         Candidate ridge penalties (on standardised features).
     cv : int, scikit-learn splitter or iterable of (train, validation) index pairs
@@ -161,16 +164,47 @@ def fit_encoder(
     -------
     VoxelEncoder
     """
-    features, responses = _check_fit_inputs(features_train, responses_train)
+    blocks = list(fit_encoder_blocks(features_train, responses_train, alphas=alphas, cv=cv, backend=backend,
+                                     voxel_batch=voxel_batch, on_progress=on_progress, should_stop=should_stop))
+    first = blocks[0][1]
+    return VoxelEncoder(
+        weights=np.concatenate([block.weights for _, block in blocks], axis=1),
+        intercept=np.concatenate([block.intercept for _, block in blocks]),
+        alphas=np.concatenate([block.alphas for _, block in blocks]),
+        feature_mean=first.feature_mean,
+        feature_scale=first.feature_scale,
+    )
+
+
+def fit_encoder_blocks(features_train, responses_train, *, alphas: np.ndarray = DEFAULT_ALPHAS, cv=5,
+                       backend: str = "auto", voxel_batch: int = 4096,
+                       on_progress: Callable[[int, int], None] | None = None,
+                       should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[slice, VoxelEncoder]]:
+    """`fit_encoder` one voxel batch at a time: yields ``(voxels, encoder of those voxels)``.
+
+    The feature side (standardisation, every fold's eigendecomposition) is computed once, before the first
+    batch, and reused by all; each batch reads only its own responses. A caller that writes each batch
+    away (`pipeline.fit_encoder_step`) holds one batch of responses and weights at a time, whatever the
+    number of voxels. Arguments as for `fit_encoder`.
+    """
+    from napari_mine.responses import ResponseColumns
+
+    features = _as_finite_matrix(features_train, "features_train").astype(np.float64)
+    responses = responses_train if isinstance(responses_train, ResponseColumns) else \
+        ResponseColumns(_as_finite_matrix(responses_train, "responses_train"))
+    if features.shape[0] != responses.shape[0]:
+        raise MineInputError(
+            f"features_train has {features.shape[0]} rows but responses_train has {responses.shape[0]}; "
+            "pass one row of each per training image."
+        )
+    n_voxels = responses.shape[1]
+    if n_voxels == 0:
+        raise MineInputError("responses_train has no voxels (columns); give at least one voxel's responses.")
     alphas = _check_alphas(alphas)
     splits = _cv_splits(cv, len(features))
     feature_mean, feature_scale = _standardisation(features)
     standardised = (features - feature_mean) / feature_scale
     gram = standardised.T @ standardised
-    response_mean = responses.mean(axis=0, dtype=np.float64)
-    n_voxels = responses.shape[1]
-    weights = np.empty((features.shape[1], n_voxels), dtype=np.float32)
-    alpha_index = np.empty(n_voxels, dtype=int)
     batch_size = max(1, int(voxel_batch))
     covers_all = _validation_covers_all(splits, len(features))
     with _himalaya_backend(resolve_backend(backend)) as hb:
@@ -182,19 +216,18 @@ def fit_encoder(
         design = hb.asarray(standardised, dtype=hb.float32)
         for start in range(0, n_voxels, batch_size):
             batch = slice(start, min(start + batch_size, n_voxels))
-            centred = hb.asarray(responses[:, batch] - response_mean[batch].astype(np.float32), dtype=hb.float32)
-            alpha_index[batch], weights[:, batch] = _fit_voxel_batch(hb, folds, full, design, centred, alphas,
-                                                                     covers_all)
+            values = _as_finite_matrix(responses.block(batch), "responses_train")
+            response_mean = values.mean(axis=0, dtype=np.float64)
+            centred = hb.asarray(values - response_mean.astype(np.float32), dtype=hb.float32)
+            del values
+            alpha_index, weights = _fit_voxel_batch(hb, folds, full, design, centred, alphas, covers_all)
+            del centred
+            yield batch, VoxelEncoder(weights=weights, intercept=response_mean.astype(np.float32),
+                                      alphas=alphas[alpha_index], feature_mean=feature_mean.astype(np.float32),
+                                      feature_scale=feature_scale.astype(np.float32))
             if on_progress is not None:
                 on_progress(batch.stop, n_voxels)
             _stop_if_asked(should_stop)
-    return VoxelEncoder(
-        weights=weights,
-        intercept=response_mean.astype(np.float32),
-        alphas=alphas[alpha_index],
-        feature_mean=feature_mean.astype(np.float32),
-        feature_scale=feature_scale.astype(np.float32),
-    )
 
 
 def _stop_if_asked(should_stop) -> None:
@@ -224,17 +257,6 @@ def _as_finite_matrix(values, name: str) -> np.ndarray:
     if not np.issubdtype(values.dtype, np.number) or not np.all(np.isfinite(values)):
         raise MineInputError(f"{name} contains NaN, infinite or non-numeric values; remove or fill them first.")
     return values
-
-
-def _check_fit_inputs(features, responses) -> tuple[np.ndarray, np.ndarray]:
-    features = _as_finite_matrix(features, "features_train").astype(np.float64)
-    responses = _as_finite_matrix(responses, "responses_train")
-    if features.shape[0] != responses.shape[0]:
-        raise MineInputError(
-            f"features_train has {features.shape[0]} rows but responses_train has {responses.shape[0]}; "
-            "pass one row of each per training image."
-        )
-    return features, responses
 
 
 def _check_alphas(alphas) -> np.ndarray:

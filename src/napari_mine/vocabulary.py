@@ -250,14 +250,16 @@ def read_concepts(path: str | os.PathLike) -> list[str]:
 # ----------------------------------------------------------------------------------------------- embeddings
 
 
-def concept_space(vocabulary: Vocabulary, backbone, cache_dir: str | os.PathLike | None = None) -> ConceptSpace:
+def concept_space(vocabulary: Vocabulary, backbone, cache_dir: str | os.PathLike | None = None,
+                  on_progress=None) -> ConceptSpace:
     """Embed ``vocabulary`` with ``backbone`` (cached) and build its concept space."""
     model_id = backbone.record["id"]
-    embeddings = embed_vocabulary(vocabulary, backbone, cache_dir=cache_dir)
+    embeddings = embed_vocabulary(vocabulary, backbone, cache_dir=cache_dir, on_progress=on_progress)
     return ConceptSpace.from_embeddings(vocabulary, embeddings, model_id)
 
 
-def embed_vocabulary(vocabulary: Vocabulary, backbone, cache_dir: str | os.PathLike | None = None) -> np.ndarray:
+def embed_vocabulary(vocabulary: Vocabulary, backbone, cache_dir: str | os.PathLike | None = None,
+                     on_progress=None) -> np.ndarray:
     """Unit-norm text embedding per concept, read from the cache when this model embedded it before.
 
     Parameters
@@ -268,6 +270,8 @@ def embed_vocabulary(vocabulary: Vocabulary, backbone, cache_dir: str | os.PathL
     cache_dir : path, optional
         Folder of cached embeddings; default ``$NAPARI_MINE_CACHE/text-embeddings`` or
         ``~/.cache/napari-mine/text-embeddings``.
+    on_progress : callable(done, total), optional
+        Called in prompts after each batch of text embedded (not at all when the cache has them).
 
     Returns
     -------
@@ -278,7 +282,7 @@ def embed_vocabulary(vocabulary: Vocabulary, backbone, cache_dir: str | os.PathL
     cached = _read_cache(path, model_id, vocabulary)
     if cached is not None:
         return cached
-    embeddings = _ensemble(_encode_texts(backbone, [t for texts in vocabulary.prompts for t in texts]),
+    embeddings = _ensemble(_encode_texts(backbone, [t for texts in vocabulary.prompts for t in texts], on_progress),
                            [len(texts) for texts in vocabulary.prompts])
     _write_cache(path, embeddings, model_id, vocabulary)
     return embeddings
@@ -293,10 +297,27 @@ def cache_path(cache_dir: str | os.PathLike | None, model_id: str, vocabulary: V
     return Path(cache_dir) / f"{model_key}-{vocabulary.digest[:16]}.npz"
 
 
-def _encode_texts(backbone, texts: list[str]) -> np.ndarray:
+def cached_embeddings(vocabulary: Vocabulary, model_id: str, cache_dir: str | os.PathLike | None = None):
+    """The embeddings of ``vocabulary`` by model ``model_id`` from a cache folder (default: the user's), or
+    None: reading them needs no model, only its id."""
+    return _read_cache(cache_path(cache_dir, model_id, vocabulary), model_id, vocabulary)
+
+
+def save_embeddings(embeddings: np.ndarray, vocabulary: Vocabulary, model_id: str,
+                    cache_dir: str | os.PathLike | None = None) -> Path:
+    """Write embeddings into a cache folder (atomically) where :func:`cached_embeddings` finds them."""
+    path = cache_path(cache_dir, model_id, vocabulary)
+    _write_cache(path, np.asarray(embeddings, dtype=np.float32), model_id, vocabulary)
+    return path
+
+
+def _encode_texts(backbone, texts: list[str], on_progress=None) -> np.ndarray:
     """Normalised text embeddings (n, D), in batches so a large vocabulary stays in memory bounds."""
-    chunks = [backbone.encode_text(texts[start:start + TEXT_BATCH]).float().cpu().numpy()
-              for start in range(0, len(texts), TEXT_BATCH)]
+    chunks = []
+    for start in range(0, len(texts), TEXT_BATCH):
+        chunks.append(backbone.encode_text(texts[start:start + TEXT_BATCH]).float().cpu().numpy())
+        if on_progress is not None:
+            on_progress(min(start + TEXT_BATCH, len(texts)), len(texts))
     return _unit_rows(np.concatenate(chunks))
 
 

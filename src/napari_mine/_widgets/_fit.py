@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QCheckBox, QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QVBoxLayout, QWidget
 
 from napari_mine._widgets._common import (
     StagedJobs,
@@ -27,10 +27,12 @@ from napari_mine.errors import MineInputError
 
 FEATURES = "Decomposing images into token contributions"
 ENCODER = "Fitting the voxelwise encoder (voxels done)"
+TOKEN_CACHE_CHOICES = ("float32", "float16")  # decompose.TOKEN_DTYPES: exact first (the default)
 
 
-def fit_steps(root: str, checkpoint: str | None, recompute: bool, stop: threading.Event):
-    """Generator job: features (unless present) then the encoder fit; yields ``(stage, done, total)``
+def fit_steps(root: str, checkpoint: str | None, recompute: bool, token_dtype: str, stop: threading.Event):
+    """Generator job: features (unless present, their token cache stored as ``token_dtype``) then the
+    encoder fit; yields ``(stage, done, total)``
     (``total`` 0: a stage of unknown length; ``done`` -1: no news, a chance for the worker to stop).
 
     Returns ``(root, layer tuples of the store without stimuli, accuracy summary)``.
@@ -47,7 +49,8 @@ def fit_steps(root: str, checkpoint: str | None, recompute: bool, stop: threadin
     if recompute or not store.has("features"):
         yield ("Loading the model", 0, 0)
         backbone = results.backbone(checkpoint)
-        yield from staged(FEATURES, steps_of(compute_features, dataset, backbone, store, stop=stop))
+        yield from staged(FEATURES, steps_of(compute_features, dataset, backbone, store, stop=stop,
+                                             token_dtype=token_dtype, force=recompute))
     yield (ENCODER, 0, 0)
     summary = yield from staged(ENCODER, steps_of(fit_encoder_step, dataset, store, stop=stop))
     return root, read_store(root, stimuli=False), summary
@@ -57,7 +60,8 @@ class FitWidget(StagedJobs, QWidget):
     """Dock widget: run features + encoder fit on the current results folder, with progress and cancel."""
 
     FAILED = "Failed (see the notification); the results folder keeps what it had."
-    CANCELLED = "Cancelled: the step that was running wrote nothing; steps that had finished are kept."
+    CANCELLED = ("Cancelled: steps that had finished are kept, and so are the features' complete chunks (the next "
+                 "run resumes from them).")
 
     #: Emitted on the main thread when a job has ended: "done", "cancelled" or "failed".
     job_finished = Signal(str)
@@ -72,6 +76,13 @@ class FitWidget(StagedJobs, QWidget):
         layout.addWidget(self.target)
         self.recompute = QCheckBox("recompute the features even if present")
         layout.addWidget(self.recompute)
+        self.token_dtype = QComboBox()
+        self.token_dtype.addItems(TOKEN_CACHE_CHOICES)
+        self.token_dtype.setToolTip("float16 halves the token cache on disk; the attribution then sums to the "
+                                    "prediction within ~1% of its spread over images (docs/benchmarks.md)")
+        cache_row = QFormLayout()
+        cache_row.addRow("token cache", self.token_dtype)
+        layout.addLayout(cache_row)
         self.add_job_controls(layout, "Compute features and fit")
         layout.addStretch(1)
         self.viewer.layers.selection.events.active.connect(self._on_target_changed)
@@ -108,7 +119,7 @@ class FitWidget(StagedJobs, QWidget):
         checkpoint = next((mine_meta(layer).get("checkpoint") for layer in layers
                            if mine_meta(layer).get("checkpoint")), None)
         return self.run_staged(f"napari-mine fit: {Path(self._store).name}", fit_steps, self._store, checkpoint,
-                              self.recompute.isChecked())
+                              self.recompute.isChecked(), self.token_dtype.currentText())
 
     def _show_result(self, value) -> None:
         root, layers, summary = value

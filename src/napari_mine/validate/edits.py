@@ -73,9 +73,8 @@ def edit_each(study, action: str, subjects, masks, concepts, seed: int) -> dict:
             "kept": np.asarray(kept, int), "reasons": reasons}
 
 
-def edit_result(study, kind: str, record: dict, pairs: dict, masks, edits: dict, sign: int, n_boot: int,
-                seed: int) -> dict:
-    """Responses, deltas and the sign-accuracy summary of an edit experiment, on the pairs edited."""
+def edit_result(study, kind: str, record: dict, pairs: dict, masks, edits: dict) -> dict:
+    """Responses and deltas of an edit experiment, on the pairs edited (summarised by :func:`edit_summaries`)."""
     kept = edits["kept"]
     result = {key: (value[kept] if isinstance(value, np.ndarray) and len(value) == len(pairs["row"])
                     else [value[i] for i in kept] if isinstance(value, list) else value)
@@ -89,9 +88,16 @@ def edit_result(study, kind: str, record: dict, pairs: dict, masks, edits: dict,
         if study.truth is not None:
             edited["true"] = study.true(edits["edits"], voxels) - result["true_original"]
     result["conditions"] = {"edited": edited}
-    kinds = ("predicted", "true") if study.truth is not None else ("predicted",)
-    result["summary"] = {name: edit_summary(edited[name], voxels, sign, n_boot, seed) for name in kinds}
     return result
+
+
+def edit_summaries(result: dict, n_boot: int, seed: int) -> dict:
+    """Sign accuracy and mean Δ of an edit result, for the encoder and (with a truth) the true brain: removal
+    counts Δ < 0, insertion Δ > 0."""
+    sign = -1 if result["kind"] == "removal" else 1
+    kinds = ("predicted", "true") if result["true_original"] is not None else ("predicted",)
+    edited = result["conditions"]["edited"]
+    return {name: edit_summary(edited[name], result["voxel"], sign, n_boot, seed) for name in kinds}
 
 
 def removed_category(before, after) -> str:

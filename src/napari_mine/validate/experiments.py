@@ -15,13 +15,14 @@ from napari_mine.errors import MineInputError
 from napari_mine.validate.descriptions import (checked_space, feature_phrase, image_feature, low_attribution_text,
                                                random_text)
 from napari_mine.validate.edits import (attribution_masks, driving_object_hit, edit_each, edit_result,
-                                        removed_category)
+                                        edit_summaries, removed_category)
 from napari_mine.validate.pairs import checked_pairs, sample_pairs
 from napari_mine.validate.stats import N_BOOT, sufficiency_summary
 
 SUFFICIENCY_CONDITIONS = ("mine", "random", "low_attribution")
 CONCEPT_SOURCES = ("image", "profile")
 TRUE_MEAN_IMAGES = 500  # scenes used for a voxel's mean true response (sufficiency's reference level)
+LEVEL_SEED = (0, 41)  # their draw: one per study, whatever the run's seed or batch
 
 
 def sufficiency(study, *, space=None, pairs=None, mass: float = 0.5, n_boot: int = N_BOOT, seed: int = 0,
@@ -46,8 +47,8 @@ def sufficiency(study, *, space=None, pairs=None, mass: float = 0.5, n_boot: int
         From :func:`~napari_mine.validate.sample_pairs`; drawn with ``sampling`` and ``seed`` when omitted.
     mass : float
         Region mass of the descriptions.
-    n_boot : int
-        Bootstrap resamples.
+    n_boot : int or None
+        Bootstrap resamples (None: no summary, see :func:`summarized`).
     seed : int
 
     Returns
@@ -75,7 +76,7 @@ def sufficiency(study, *, space=None, pairs=None, mass: float = 0.5, n_boot: int
     texts = {name: [values[i] for i in kept] for name, values in texts.items()}
     result, _ = pair_record(study, pairs, tokens[kept])
     result.update(kind="sufficiency", descriptions=texts, n_skipped=int(len(tokens) - len(kept)), conditions={})
-    level_predicted, level_true = voxel_levels(study, pairs["voxel"], seed)
+    level_predicted, level_true = voxel_levels(study, pairs["voxel"])
     for name in SUFFICIENCY_CONDITIONS:
         made = study.generator.generate(texts[name], seed)
         images = images_of(made)
@@ -84,11 +85,7 @@ def sufficiency(study, *, space=None, pairs=None, mass: float = 0.5, n_boot: int
                                       "true": _minus(study.true(made, pairs["voxel"]), level_true)}
     result["predicted_original"] = result["predicted_original"] - level_predicted
     result["true_original"] = _minus(result["true_original"], level_true)
-    result["summary"] = {kind: sufficiency_summary(result[f"{kind}_original"],
-                                                   {n: c[kind] for n, c in result["conditions"].items()},
-                                                   pairs["voxel"], n_boot, seed)
-                         for kind in ("predicted", "true") if result[f"{kind}_original"] is not None}
-    return result
+    return summarized(result, n_boot, seed)
 
 
 def removal(study, *, pairs=None, masks=None, mask_fraction: float = 0.1, dilate_px: int = 0, feather_px: int = 0,
@@ -125,13 +122,13 @@ def removal(study, *, pairs=None, masks=None, mask_fraction: float = 0.1, dilate
     elif np.shape(masks)[0] != len(pairs["row"]):
         raise MineInputError(f"Got {np.shape(masks)[0]} masks for {len(pairs['row'])} pairs; give one mask per pair.")
     edits = edit_each(study, "remove", originals, masks, None, seed)
-    result = edit_result(study, "removal", record, pairs, masks, edits, sign=-1, n_boot=n_boot, seed=seed)
+    result = edit_result(study, "removal", record, pairs, masks, edits)
     if edits["scenes"] is not None and len(edits["kept"]):
         before = [originals[i].scene for i in edits["kept"]]
         result["removed"] = [removed_category(a, b) for a, b in zip(before, edits["scenes"])]
         if study.truth is not None:
             result["removed_driving_object"] = driving_object_hit(study, before, edits["scenes"], result["voxel"])
-    return result
+    return summarized(result, n_boot, seed)
 
 
 def insertion(study, *, space=None, concept_source: str = "image", pairs=None, low_fraction: float = 0.2,
@@ -188,7 +185,22 @@ def insertion(study, *, space=None, concept_source: str = "image", pairs=None, l
     edits = edit_each(study, "insert", subjects, masks, concepts, seed)
     record.update(target_row=target_rows, target=target["original"], concepts=concepts, concept_source=concept_source,
                   predicted_original=target["predicted_original"], true_original=target["true_original"])
-    return edit_result(study, "insertion", record, pairs, masks, edits, sign=1, n_boot=n_boot, seed=seed)
+    return summarized(edit_result(study, "insertion", record, pairs, masks, edits), n_boot, seed)
+
+
+def summarized(result: dict, n_boot: int | None, seed: int) -> dict:
+    """``result`` with its "summary" (intervals, tests) computed; ``n_boot`` None leaves it out, for a batch of
+    pairs whose results are summarised once merged with the others (``summary.merge_results``)."""
+    if n_boot is None:
+        return result
+    if result["kind"] != "sufficiency":
+        result["summary"] = edit_summaries(result, n_boot, seed)
+        return result
+    result["summary"] = {kind: sufficiency_summary(result[f"{kind}_original"],
+                                                   {n: c[kind] for n, c in result["conditions"].items()},
+                                                   result["voxel"], n_boot, seed)
+                         for kind in ("predicted", "true") if result[f"{kind}_original"] is not None}
+    return result
 
 
 # ----------------------------------------------------------------------------------------------- shared steps
@@ -221,17 +233,22 @@ def low_response_rows(study, voxels, low_fraction: float, seed: int) -> np.ndarr
     return np.array([rng.choice(lowest[:, column[int(v)]]) for v in voxels], int)
 
 
-def voxel_levels(study, voxels, seed: int):
+def voxel_levels(study, voxels):
     """Each voxel's mean predicted response over the results' images, and its mean true response over (up to
-    TRUE_MEAN_IMAGES of) them: the reference level of sufficiency's responses."""
+    TRUE_MEAN_IMAGES of) them: the reference level of sufficiency's responses.
+
+    The true levels are drawn once per study with a fixed seed (``LEVEL_SEED``), so every batch of pairs of a
+    chunked run, and every run, measures a voxel from the same level.
+    """
     unique, inverse = np.unique(voxels, return_inverse=True)
     predicted = (study.features.mean(0) @ study.weights[:, unique] + study.bias[unique])[inverse]
     if study.truth is None:
         return predicted, None
-    rng = np.random.default_rng([int(seed), 41])
-    rows = rng.choice(len(study.image_ids), min(TRUE_MEAN_IMAGES, len(study.image_ids)), replace=False)
-    true = study.truth.true_response(study.true_scenes(rows))[:, study.truth_voxels[unique]].mean(0)
-    return predicted, true[inverse]
+    if study.true_levels is None:
+        rng = np.random.default_rng(LEVEL_SEED)
+        rows = rng.choice(len(study.image_ids), min(TRUE_MEAN_IMAGES, len(study.image_ids)), replace=False)
+        study.true_levels = study.truth.true_response(study.true_scenes(rows)).mean(0)
+    return predicted, study.true_levels[study.truth_voxels[unique]][inverse]
 
 
 def _minus(values, level):

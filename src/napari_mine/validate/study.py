@@ -38,6 +38,7 @@ class Study:
     features: np.ndarray  # (N, D)
     image_ids: np.ndarray  # (N,) stimulus ids of the rows
     truth_voxels: np.ndarray | None = None  # (V,) index of each results voxel among the truth's voxels
+    true_levels: np.ndarray | None = None  # each truth voxel's mean true response (experiments.voxel_levels)
 
     def predicted(self, rows, voxels) -> np.ndarray:
         """The encoder's prediction from the stored features, one value per (row, voxel) pair."""
@@ -160,5 +161,5 @@ def world_validation(results, size: int | None = None):
         raise MineInputError(f"{results.root} was not computed from the synthetic world, so the procedural "
                              "generator has no scenes to edit and there is no true brain; use a diffusers model "
                              "(--generator diffusers --model MODEL, or the editor's diffusers generator).")
-    truth = load_truth(root)
+    truth = load_truth(root).for_space(results.space)  # on the surface: each vertex the voxel it copies
     return ProceduralGenerator.from_world(root, size, truth=truth), truth
