@@ -254,7 +254,7 @@ def test_a_failing_job_shows_an_error_and_the_viewer_keeps_working(viewer_with_s
     inspector = dock(viewer, "Voxel inspector")
     _, ijk = good_voxel(fitted_store)
     with monkeypatch.context() as patch:
-        patch.setattr(Results, "report", lambda *args: (_ for _ in ()).throw(RuntimeError("disk vanished")))
+        patch.setattr(Results, "report", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("disk vanished")))
         with qtbot.waitSignal(inspector.updated, timeout=TIMEOUT_MS) as blocker:
             click(viewer, inspector, world_position(viewer, ijk))
     assert blocker.args == ["failed"]
@@ -270,6 +270,109 @@ def test_removing_the_dock_detaches_the_mouse_callback(viewer_with_store):
     assert any(getattr(cb, "__self__", None) is inspector for cb in viewer.mouse_drag_callbacks)
     viewer.window.remove_dock_widget(inspector)
     assert not any(getattr(cb, "__self__", None) is inspector for cb in viewer.mouse_drag_callbacks)
+
+
+# ---- the inspector where people look: preload, stored text embeddings, layers updated in place ----------
+def fresh_copy(fitted_store, tmp_path, monkeypatch):
+    """A copy of the fitted store nobody has opened (no stored text embeddings), an empty user cache and no
+    open read sessions: what a researcher has before the first look."""
+    import shutil
+    from collections import OrderedDict
+
+    from napari_mine import results
+
+    copy = tmp_path / "results"
+    shutil.copytree(fitted_store, copy, ignore=shutil.ignore_patterns("concepts"))
+    monkeypatch.setenv("NAPARI_MINE_CACHE", str(tmp_path / "user-cache"))
+    monkeypatch.setattr(results, "_sessions", OrderedDict())
+    return copy.resolve()
+
+
+def count_text_tower(monkeypatch) -> list[str]:
+    """Record the thread of every text-tower call (the backbone's ``encode_text``)."""
+    import threading
+
+    from napari_mine.models.backbone import Backbone
+
+    calls, encode_text = [], Backbone.encode_text
+
+    def recorded(self, texts):
+        calls.append(threading.current_thread().name)
+        return encode_text(self, texts)
+
+    monkeypatch.setattr(Backbone, "encode_text", recorded)
+    return calls
+
+
+def open_preloaded(make_napari_viewer, store, qtbot):
+    viewer = make_napari_viewer()
+    inspector = dock(viewer, "Voxel inspector")
+    with qtbot.waitSignal(inspector.preloaded, timeout=TIMEOUT_MS) as blocker:
+        viewer.open(str(store), plugin="napari-mine")
+    assert blocker.args == [str(store)]
+    return viewer, inspector
+
+
+def test_the_preload_embeds_the_vocabulary_once_so_the_first_click_loads_no_model(make_napari_viewer, fitted_store,
+                                                                                tmp_path, monkeypatch, qtbot):
+    from napari_mine import results
+
+    store = fresh_copy(fitted_store, tmp_path, monkeypatch)
+    text_calls = count_text_tower(monkeypatch)
+    viewer, inspector = open_preloaded(make_napari_viewer, store, qtbot)
+    assert text_calls and "MainThread" not in text_calls  # embedded by the preload, in the background
+    assert len(list((store / results.CONCEPTS_DIR).glob("*.npz"))) == 1  # and stored in the folder
+    monkeypatch.setattr(results, "shared_backbone", lambda *a, **k: pytest.fail("the click loaded the model"))
+    text_calls.clear()
+    _, ijk = good_voxel(store)
+    with qtbot.waitSignal(inspector.updated, timeout=TIMEOUT_MS) as blocker:
+        click(viewer, inspector, world_position(viewer, ijk))
+    assert blocker.args == ["report"] and not text_calls
+    assert inspector.description.text() not in ("", "–") and len(inspector.profile_chart.labels) == 10
+
+
+def test_text_embeddings_stored_in_the_folder_are_reused_on_the_next_open(make_napari_viewer, fitted_store,
+                                                                          tmp_path, monkeypatch, qtbot):
+    from napari_mine import results
+    from napari_mine.results import Results
+
+    store = fresh_copy(fitted_store, tmp_path, monkeypatch)
+    Results.open(store).concept_space()  # the first session embeds the vocabulary and stores it in the folder
+    monkeypatch.setenv("NAPARI_MINE_CACHE", str(tmp_path / "another-user-cache"))
+    text_calls = count_text_tower(monkeypatch)
+    monkeypatch.setattr(results, "shared_backbone", lambda *a, **k: pytest.fail("the model was loaded again"))
+    viewer, inspector = open_preloaded(make_napari_viewer, store, qtbot)
+    _, ijk = good_voxel(store)
+    with qtbot.waitSignal(inspector.updated, timeout=TIMEOUT_MS) as blocker:
+        click(viewer, inspector, world_position(viewer, ijk))
+    assert blocker.args == ["report"] and not text_calls
+    assert inspector.description.text() not in ("", "–")
+
+
+def test_clicks_and_slider_moves_update_the_same_layers_in_place_without_a_worker(make_napari_viewer, fitted_store,
+                                                                                tmp_path, monkeypatch, qtbot):
+    store = fresh_copy(fitted_store, tmp_path, monkeypatch)
+    viewer, inspector = open_preloaded(make_napari_viewer, store, qtbot)
+    voxel, ijk = good_voxel(store)
+    with qtbot.waitSignal(inspector.updated, timeout=TIMEOUT_MS):  # draws its thumbnails
+        click(viewer, inspector, world_position(viewer, ijk))
+    layers = list(viewer.layers)
+    overlay, marker = layer_of(viewer, "attribution"), layer_of(viewer, "voxel")
+    overlay_data, marker_data = overlay.data, marker.data
+    answers = []
+    inspector.updated.connect(answers.append)
+    for row in (5, 6, 40):  # the tokens are in memory: each move is answered before the call returns
+        viewer.dims.set_current_step(0, row)
+        assert answers.pop() == "overlay" and overlay.metadata[META]["image"] == row
+    click(viewer, inspector, world_position(viewer, ijk))  # its thumbnails are drawn: answered at once too
+    assert answers == ["report"]
+    other = next(t for t in inspector.top_rows if t != 40)
+    inspector.thumbnails[inspector.top_rows.index(other)].click()
+    assert answers[-1] == "overlay" and overlay.metadata[META]["image"] == other
+    np.testing.assert_array_equal(overlay.data[0][overlay.data[0] != 0],
+                                  overlay.metadata[META]["raw"][overlay.data[0] != 0])
+    assert list(viewer.layers) == layers and overlay.data is overlay_data and marker.data is marker_data
+    assert marker.metadata[META]["voxel"] == voxel
 
 
 # ---- ROI explorer -------------------------------------------------------------------------------------
@@ -366,7 +469,8 @@ def test_fit_cancelled_during_features_leaves_the_store_unchanged(make_napari_vi
         job = fit.run()
         job.worker.yielded.connect(cancel_once)
     assert blocker.args == ["cancelled"]
-    assert said == ["Cancelling…"] and "Cancelled" in fit.stage.text() and aside == []
+    assert said == ["Cancelling…"] and "Cancelled" in fit.stage.text()
+    assert set(aside) <= {".features.partial"}  # only the complete chunks, which the next run resumes from
     assert job.ended.is_set()
     store = ResultsStore.open(tmp_path / "results")
     assert not store.has("features") and not store.has("encoder")

@@ -25,12 +25,13 @@ from typing import Mapping
 import numpy as np
 
 from napari_mine.errors import MineInputError
-from napari_mine.spaces import VolumeSpace
+from napari_mine.spaces import SurfaceSpace, VolumeSpace
 
 FORMAT = "napari-mine-results"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TOKEN_CACHE_BYTES = 512 * 2**20  # decompressed token chunks kept per session (a slider revisits the same ones)
+CONCEPTS_DIR = "concepts"  # text embeddings of vocabularies by this folder's model (model id, vocabulary digest)
 OPEN_SESSIONS = 4  # read sessions kept by open_results (each holds its weights, features and token chunks)
 READ_WORKERS = 4  # token chunks decompressed at once by target_maps
 LOADED_BACKBONES = 2  # backbones kept loaded by shared_backbone
@@ -144,6 +145,14 @@ class Manifest:
         return {roi: {int(k): str(v) for k, v in table.items()} for roi, table in tables.items()}
 
     @property
+    def surface(self):
+        """The :class:`~napari_mine.spaces.SurfaceLayout` of surface results, None for a volume."""
+        from napari_mine.spaces import SurfaceLayout
+
+        record = self.settings("brain").get("space")
+        return SurfaceLayout.parse(record) if record and record.get("kind") == "surface" else None
+
+    @property
     def source_format(self) -> str | None:
         return self.source.get("format")
 
@@ -228,6 +237,8 @@ class Results:
         self._cache: dict = {}
         self._token_chunks: OrderedDict[int, np.ndarray] = OrderedDict()
         self._space: VolumeSpace | None = None
+        self._chunks_lock = threading.Lock()  # held for dictionary updates only, never during a read
+        self._concepts_lock = threading.Lock()  # one embedding of a vocabulary at a time, not one per caller
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> "Results":
@@ -260,6 +271,8 @@ class Results:
     def _array(self, step: str, name: str, dtype=None) -> np.ndarray:
         """A whole array of a step, read once per session."""
         key = ("array", step, name)
+        if key in self._cache:  # read: no lock, so a query on loaded arrays never waits for another's read
+            return self._cache[key]
         with self._lock:
             if key not in self._cache:
                 group = self.group(step)
@@ -281,8 +294,10 @@ class Results:
 
     # ---- the brain -------------------------------------------------------------------------------
     @property
-    def space(self) -> VolumeSpace:
-        """The target space (mask, affine, ROI volumes with their label tables)."""
+    def space(self) -> VolumeSpace | SurfaceSpace:
+        """The target space (mask, affine or surface layout, ROI label arrays with their label tables)."""
+        if self._space is not None:
+            return self._space
         with self._lock:
             if self._space is None:
                 self.require("brain", "compute the features of a dataset first.")
@@ -292,8 +307,30 @@ class Results:
                 if "roi" in brain:
                     for name in sorted(brain["roi"].array_keys()):
                         rois[name] = (np.asarray(brain["roi"][name][...]), tables.get(name, {}))
-                self._space = VolumeSpace(brain["mask"][...], brain["affine"][...], rois)
+                layout = self.manifest.surface
+                if layout is None:
+                    self._space = VolumeSpace(brain["mask"][...], brain["affine"][...], rois)
+                else:
+                    self._space = SurfaceSpace(brain["mask"][...], rois, layout)
             return self._space
+
+    def fsaverage_projection(self):
+        """NSD's volume → fsaverage transforms for these volume results (:mod:`napari_mine.projection`)."""
+        from napari_mine.projection import nsd_projection
+
+        source = self.manifest.source
+        if self.space.kind != "volume" or self.manifest.source_format != "nsd":
+            raise MineInputError(f"{self.root} holds {self.space.kind} results of a {self.manifest.source_format} "
+                                 "dataset; only volume results of an NSD subject project onto fsaverage.")
+        with self._lock:
+            if "projection" not in self._cache:
+                self._cache["projection"] = nsd_projection(source["root"], int(source["subject"]),
+                                                           self.space.mask.shape)
+            return self._cache["projection"]
+
+    def on_fsaverage(self, values, labels: bool = False) -> np.ndarray:
+        """Per-target values (a voxel map) carried onto every fsaverage vertex, lh then rh."""
+        return self.fsaverage_projection().project(self.space.unmask(values, fill=0 if labels else np.nan), labels)
 
     @property
     def n_targets(self) -> int:
@@ -309,6 +346,8 @@ class Results:
         """Held-out "r", "normalized_r" and "noise_ceiling" per target (those the fit computed)."""
         if not self.has("encoder"):
             return {}
+        if "accuracy" in self._cache:
+            return self._cache["accuracy"]
         with self._lock:
             if "accuracy" not in self._cache:
                 encoder = self.group("encoder")
@@ -413,6 +452,8 @@ class Results:
         return out
 
     def _tokens_array(self):
+        if "tokens" in self._cache:
+            return self._cache["tokens"]
         self.require("features", "run `napari-mine features` first.")
         with self._lock:
             if "tokens" not in self._cache:
@@ -420,12 +461,12 @@ class Results:
             return self._cache["tokens"]
 
     def _token_chunk(self, array, chunk: int, step: int) -> np.ndarray:
-        with self._lock:
+        with self._chunks_lock:
             if chunk in self._token_chunks:
                 self._token_chunks.move_to_end(chunk)
                 return self._token_chunks[chunk]
-        block = np.asarray(array[chunk * step:(chunk + 1) * step], dtype=np.float32)
-        with self._lock:
+        block = _float32_tokens(array[chunk * step:(chunk + 1) * step])
+        with self._chunks_lock:
             self._token_chunks[chunk] = block
             while len(self._token_chunks) > 1 and \
                     sum(b.nbytes for b in self._token_chunks.values()) > TOKEN_CACHE_BYTES:
@@ -457,6 +498,8 @@ class Results:
         NSD-layout sources (the synthetic world included) are opened from the stimulus brick and the stored
         image ids alone, without reading any betas; other sources are reopened through their loader.
         """
+        if "images" in self._cache:
+            return self._cache["images"]
         with self._lock:
             if "images" not in self._cache:
                 self._cache["images"] = self._open_images()
@@ -498,19 +541,82 @@ class Results:
         return "synthetic" if self.manifest.world_root is not None else "general"
 
     def concept_space(self, name: str | None = None, checkpoint: str | None = None):
-        """A vocabulary ("synthetic", "general" or a file) embedded by this folder's own model, once."""
-        from napari_mine.vocabulary import concept_space, vocabulary_named
+        """A vocabulary ("synthetic", "general" or a file) embedded by this folder's own model.
+
+        The text embeddings are read from the folder's ``concepts/`` (or the user cache) when this model
+        embedded the vocabulary before, so no backbone loads; otherwise the backbone embeds it once and the
+        embeddings are stored in the folder. Concurrent callers wait for one computation.
+        """
+        from napari_mine.vocabulary import ConceptSpace, cached_embeddings, embed_vocabulary, vocabulary_named
 
         name = name or self.default_vocabulary()
         key = ("space", name)
-        with self._lock:
-            if key in self._cache:
-                return self._cache[key]
-        space = concept_space(vocabulary_named(name), self.backbone(checkpoint))
+        if key in self._cache:
+            return self._cache[key]
+        with self._concepts_lock:
+            with self._lock:
+                if key in self._cache:
+                    return self._cache[key]
+            vocabulary = vocabulary_named(name)
+            model_id = self.manifest.model.id
+            embeddings = cached_embeddings(vocabulary, model_id, self.root / CONCEPTS_DIR)
+            if embeddings is None:
+                embeddings = cached_embeddings(vocabulary, model_id)
+                if embeddings is None:
+                    embeddings = embed_vocabulary(vocabulary, self.backbone(checkpoint))
+                space = ConceptSpace.from_embeddings(vocabulary, embeddings, model_id)
+                self.keep_concept_space(space)
+            else:
+                space = ConceptSpace.from_embeddings(vocabulary, embeddings, model_id)
+            with self._lock:
+                self._cache[key] = space
+            return space
+
+    def keep_concept_space(self, space) -> None:
+        """Store a concept space's text embeddings in the folder, where every later session reads them.
+
+        A folder that cannot be written (read-only media) keeps nothing: the user cache still has them.
+        """
+        from napari_mine.vocabulary import save_embeddings
+
         self.check_model(space.model_id)
-        with self._lock:
-            self._cache[key] = space
-        return space
+        try:
+            save_embeddings(space.embeddings, space.vocabulary, space.model_id, self.root / CONCEPTS_DIR)
+        except OSError:
+            pass
+
+    def loaded(self, rows=(), vocabulary: str | None = None) -> bool:
+        """Whether the space, the encoder, the token chunks of ``rows`` and the vocabulary's concept space are
+        in memory: a query over them then takes milliseconds."""
+        cache = self._cache
+        needed = [("space", vocabulary or self.default_vocabulary()), ("array", "encoder", "effective_weights"),
+                  ("array", "encoder", "effective_bias"), ("array", "features", "features"),
+                  ("array", "features", "rest"), "accuracy"]
+        return self._space is not None and all(key in cache for key in needed) and self.tokens_loaded(rows)
+
+    def profile_loaded(self, target: int, vocabulary: str | None = None) -> bool:
+        """Whether a target's profile reads nothing: the saved profiles of the vocabulary are in memory, or
+        there are none and the tokens of the target's top images are (call after :meth:`loaded`)."""
+        from napari_mine.describe import DEFAULT_TOP_K
+
+        space = self._cache[("space", vocabulary or self.default_vocabulary())]
+        if self.manifest.settings("profiles").get("vocabulary_digest") == space.vocabulary.digest:
+            return "profiles" in self._cache
+        return self.tokens_loaded(self.top_images(target, DEFAULT_TOP_K)[0])
+
+    def tokens_loaded(self, rows) -> bool:
+        """Whether the token chunks of image ``rows`` are in memory."""
+        array = self._cache.get("tokens")
+        if array is None:
+            return False
+        step = array.chunks[0]
+        chunks = self._token_chunks
+        return all(int(row) // step in chunks for row in rows)
+
+    @property
+    def token_rows_per_chunk(self) -> int:
+        """Image rows per storage chunk of the token cache (reading one row decompresses its chunk)."""
+        return int(self._tokens_array().chunks[0])
 
     # ---- queries ---------------------------------------------------------------------------------
     def top_images(self, target: int, k: int = 10, by: str = "predicted", responses=None):
@@ -577,7 +683,7 @@ class Results:
         tokens = self._tokens_array()
         step = tokens.chunks[0]
         with ThreadPoolExecutor(workers or min(READ_WORKERS, os.cpu_count() or 1)) as pool:
-            parts = pool.map(lambda start: patch_attribution(np.asarray(tokens[start:start + step], np.float32), weight),
+            parts = pool.map(lambda start: patch_attribution(_float32_tokens(tokens[start:start + step]), weight),
                              range(0, tokens.shape[0], step))
             return to_patch_grid(np.concatenate(list(parts)))
 
@@ -598,6 +704,8 @@ class Results:
         if not self.has("profiles") or self.manifest.settings("profiles").get("vocabulary_digest") != \
                 space.vocabulary.digest:
             return None
+        if "profiles" in self._cache:
+            return self._cache["profiles"]
         with self._lock:
             if "profiles" not in self._cache:
                 group = self.group("profiles")
@@ -654,14 +762,32 @@ class Results:
         rows = np.flatnonzero(self.space.roi_values(roi)[profiles.voxels] == value)
         return cluster_voxels(profiles.scores[rows], k_range or DEFAULT_K_RANGE, seed), profiles.voxels[rows]
 
-    def report(self, target: int, row: int | None, k: int, space=None) -> TargetReport:
-        """The whole inspector panel for a target: info, top images, profile and the map on image ``row``."""
+    def saved_clusters(self) -> dict[str, np.ndarray]:
+        """The sub-populations the profiles step wrote, ``{ROI label: (n_targets,) int}`` (0 outside, 1..k)."""
+        import nibabel as nib
+
+        self.require("profiles", "run `napari-mine profile` first.")
+        space = self.space
+        clusters = {}
+        for path in sorted((self.root / "clusters").glob("*")):
+            suffix = next((s for s in (".nii.gz", ".mgz") if path.name.endswith(s)), None)  # volume or surface
+            if suffix is not None and not path.name.startswith("."):
+                sites = np.asarray(nib.load(path).dataobj).reshape(space.mask.shape)
+                clusters[path.name[: -len(suffix)]] = sites[space.mask].astype(np.int32)
+        return clusters
+
+    def report(self, target: int, row: int | None, k: int, space=None, *, shown_rows=()) -> TargetReport:
+        """The whole inspector panel for a target: info, top images, profile and the map on image ``row``.
+
+        Top images among ``shown_rows`` (thumbnails the caller already has) are not read: None in their place.
+        """
         info = self.info(target)
         if not self.is_fitted:
             return TargetReport(info, np.zeros(0, int), np.zeros(0), [], None)
         rows, values = self.top_images(target, k)
         images = self.images  # one read per image: h5py's fancy indexing of scattered rows is ~10x slower
-        thumbnails = [images[int(r)] for r in rows]
+        shown = set(int(r) for r in shown_rows)
+        thumbnails = [None if int(r) in shown else images[int(r)] for r in rows]
         image = None if row is None else self.image_map(target, row, space)
         profile = [] if space is None else self.profiles(space, [target]).ranked(0, 10)
         return TargetReport(info, rows, values, thumbnails, image, profile, "" if space is None else space.vocabulary.name)
@@ -688,6 +814,19 @@ class Results:
         return RoiReport(roi, name, int(targets.size), top_concepts(profiles.scores.mean(axis=0), concepts, 10),
                          top_concepts(profiles.baseline.mean(axis=0), concepts, 10), clusters, cluster_profiles,
                          sizes, clustering.silhouettes, space.vocabulary.name)
+
+
+def _float32_tokens(block: np.ndarray) -> np.ndarray:
+    """Token rows as float32 whatever the cache stores; a float16 cache is widened by torch, whose vectorised
+    (F16C) cast is faster than numpy's, which would take back most of what the smaller reads save."""
+    if block.dtype != np.float16:
+        return np.asarray(block, dtype=np.float32)
+    from napari_mine.models.backbone import import_torch
+
+    import_torch()  # safe beside a napari canvas
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(block)).float().numpy()
 
 
 def _measured_column(responses, n_images: int, n_targets: int, column: int) -> np.ndarray:

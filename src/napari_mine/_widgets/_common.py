@@ -70,9 +70,31 @@ def brain_layer(viewer, store: str | None = None):
 def focus_on_brain(viewer, store: str) -> None:
     """Show the brain slice with the most voxels of the store's map (accuracy, else mask), and fit the view."""
     layers = store_layers(viewer, role="accuracy", store=store) or store_layers(viewer, role="mask", store=store)
+    if layers and "hemi" in mine_meta(layers[0]):  # a cortical surface: its view decides 2-D or 3-D
+        fit_surface_view(viewer, store)
+        return
     if layers:
         show_densest_slice(viewer, layers[0])
     viewer.reset_view()
+
+
+def fit_surface_view(viewer, store: str) -> None:
+    """Display a surface store's view (its layers' ``view``): the flat map in 2-D at its plane, the inflated or
+    pial cortex in 3-D with the cortex filling the canvas (the stimulus plane beside it would shrink it)."""
+    layers = [layer for layer in store_layers(viewer, store=store) if "hemi" in mine_meta(layer)]
+    if not layers:
+        return
+    flat = mine_meta(layers[0])["view"] == "flat"
+    viewer.dims.ndisplay = 2 if flat else 3
+    if flat:
+        viewer.dims.set_point(viewer.dims.ndim - layers[0].ndim, layers[0].data_to_world([0.0, 0.0, 0.0])[0])
+    viewer.reset_view()
+    if not flat:
+        corners = np.concatenate([layer.extent.world[:, -layer.ndim:] for layer in layers])
+        low, high = corners.min(axis=0), corners.max(axis=0)
+        world = viewer.layers.extent.world[:, list(viewer.dims.displayed)]
+        viewer.camera.center = tuple((low + high) / 2)
+        viewer.camera.zoom *= float(np.max(world[1] - world[0]) / max(np.max(high - low), 1e-6))
 
 
 def show_densest_slice(viewer, layer) -> None:
@@ -99,7 +121,7 @@ def set_stimulus_row(viewer, stimuli, row: int) -> None:
 
 
 def _identity(meta: dict) -> tuple:
-    return meta.get("store"), meta.get("role"), meta.get("roi")
+    return meta.get("store"), meta.get("role"), meta.get("roi"), meta.get("hemi")
 
 
 def show_layer_tuples(viewer, tuples, extra: dict | None = None) -> list:
@@ -351,6 +373,16 @@ def start_job(owner, function, *args, returned=None, finished=None, yielded=None
     _install_exit_hooks()
     worker.start()
     return job
+
+
+def run_here(function, *args):
+    """Run a job's function on the Qt thread and return what :func:`start_job` would hand to ``returned``
+    (its result, or a :class:`Failure`): for work of a few milliseconds on data in memory, where a worker's
+    hand-off and the extra redraw it causes would cost more than the work."""
+    try:
+        return function(*args)
+    except Exception as error:  # reported like a job's failure, never raised into a Qt callback
+        return Failure(error, traceback.format_exc())
 
 
 def stop_jobs(jobs, timeout: float = CLOSE_WAIT_S, exiting: bool = False) -> bool:

@@ -4,11 +4,13 @@ which patches drive it (the exact attribution map) and what they show (the per-i
 
 The widget only turns the click into grid indices and moves results onto layers and labels; reading the
 store and the arithmetic run in thread workers over ``napari_mine.results.Results``, which calls the engine
-(``napari_mine.attribution``, ``napari_mine.describe``).
+(``napari_mine.attribution``, ``napari_mine.describe``). Work on data already in memory (a few milliseconds)
+is answered on the Qt thread instead: a worker's hand-off and the second redraw it causes cost more.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,20 +33,31 @@ from superqt import QLabeledSlider
 from napari_mine._reader import layer_metadata
 from napari_mine._widgets._common import (
     BarChart,
+    Job,
     brain_layer,
     mine_meta,
     report_failure,
+    run_here,
     set_stimulus_row,
     start_job,
     stimulus_row,
     store_layers,
     to_pixmap,
 )
+from napari_mine._widgets._surface import (
+    SurfaceViewChoice,
+    index_text,
+    is_surface,
+    mark_site,
+    own_picking,
+    pick_site,
+)
 from napari_mine.results import ImageAttribution, TargetReport, open_results
 from napari_mine.errors import MineInputError
 
 N_TOP_IMAGES = 8
 THUMBNAIL_PX = 64
+THUMBNAILS_KEPT = 512  # drawn thumbnails kept (about 16 KB each)
 VOXEL_LAYER = "selected voxel"
 # Red: patches that raise the voxel's predicted response; blue: patches that lower it; near 0: transparent.
 ATTRIBUTION_COLORS = [[0.23, 0.45, 0.95, 1.0], [0.23, 0.45, 0.95, 0.0], [0.95, 0.3, 0.15, 0.0],
@@ -78,29 +91,45 @@ def _space(view, vocabulary, checkpoint):
         return None, f"No descriptions: {error}"
 
 
-def warm_up(store: str, vocabulary: str | None, checkpoint: str | None) -> str:
-    """Worker job: open the store and embed its vocabulary before the first click needs them."""
+def warm_up(store: str, vocabulary: str | None, checkpoint: str | None, row: int | None) -> str:
+    """Worker job: read what the first click needs before it comes, the cheapest and most needed first: the
+    encoder and features, the space, the concept space (its text embeddings from the folder; embedded by the
+    backbone and stored there the first time only), the token chunk under the slider, the stimuli and the
+    saved profiles. The backbone itself is loaded only when the vocabulary needs embedding."""
     view = open_results(store)
+    view.space  # noqa: B018 - reads the mask and ROI volumes once
     if view.is_fitted:
         view.weights()
         view.features()
-        _space(view, vocabulary, checkpoint)
+        view.rest()
+        view.accuracy  # noqa: B018 - reads once
+        space, _ = _space(view, vocabulary, checkpoint)
+        if row is not None:
+            view.tokens([row])
+        view.images  # noqa: B018 - opens the stimuli
+        if space is not None:
+            view.saved_profiles(space)
     return store
 
 
-def inspect_voxel(store: str, ijk, ray, row: int | None, k: int, vocabulary=None, checkpoint=None):
+def read_tokens(store: str, rows) -> None:
+    """Worker job: read the token chunks of ``rows`` (the neighbours of the slider's image) into memory."""
+    open_results(store).tokens(rows)
+
+
+def inspect_voxel(store: str, ijk, ray, row: int | None, k: int, vocabulary=None, checkpoint=None, shown_rows=()):
     """Worker job: resolve the clicked voxel (a grid index, or the first mask voxel along a 3-D ray) and
     compute its report; ``{"outside": ijk}`` when the click is not on a voxel of the mask."""
     view = open_results(store)
     if ray is not None:
         ijk = first_voxel_on_ray(view.space.mask, *ray)
-        if ijk is None:
-            return {"outside": None}
+    if ijk is None:  # the ray met no mask voxel, or the click missed the cortex
+        return {"outside": None}
     voxel = view.space.target_at(ijk)
     if voxel is None:
         return {"outside": tuple(int(v) for v in ijk)}
     space, note = _space(view, vocabulary, checkpoint) if view.has("encoder") else (None, "")
-    return view.report(voxel, row, k, space), note
+    return view.report(voxel, row, k, space, shown_rows=shown_rows), note
 
 
 def attribution_on_image(store: str, voxel: int, row: int, vocabulary=None, checkpoint=None) -> ImageAttribution:
@@ -135,6 +164,8 @@ class VoxelInspector(QWidget):
 
     #: Emitted on the main thread once a job's answer is shown: "report", "overlay", "outside" or "failed".
     updated = Signal(str)
+    #: Emitted with a store's path once what its first click needs is in memory.
+    preloaded = Signal(str)
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
@@ -146,6 +177,8 @@ class VoxelInspector(QWidget):
         self._selected: tuple[str, int] | None = None  # (store, voxel)
         self._overlay_row: int | None = None
         self._warmed: set[str] = set()
+        self._icons: OrderedDict[tuple[str, int], QIcon] = OrderedDict()  # thumbnails drawn once per image
+        self._reading: Job | None = None  # the running read of the slider's neighbouring token chunks
         self.top_rows: list[int] = []
         self._build()
         self._attached = False
@@ -153,6 +186,7 @@ class VoxelInspector(QWidget):
         self.destroyed.connect(partial(_detach, self.viewer, self._on_mouse_drag, self._on_dims_step,
                                        self._on_layer_inserted))
         self._on_layer_inserted()
+        own_picking(self.viewer)
 
     # ---- UI --------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -170,11 +204,12 @@ class VoxelInspector(QWidget):
         self.status = QLabel("Click a voxel of the brain map (2-D or 3-D view) to inspect it.")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
+        layout.addWidget(SurfaceViewChoice(self.viewer))
 
         voxel_box = QGroupBox("Voxel")
         form = QFormLayout(voxel_box)
         self.fields: dict[str, QLabel] = {}
-        for key, label in (("ijk", "grid index (i, j, k)"), ("world", "position (mm)"), ("roi", "ROI"),
+        for key, label in (("ijk", "grid index (i, j, k) / vertex"), ("world", "position (mm)"), ("roi", "ROI"),
                            ("r", "accuracy r (test images)"), ("normalized_r", "r / noise ceiling"),
                            ("noise_ceiling", "noise ceiling")):
             value = QLabel("–")
@@ -258,11 +293,14 @@ class VoxelInspector(QWidget):
             return
         meta = mine_meta(brain)
         self._warmed.add(meta["store"])
-        start_job(self, warm_up, meta["store"], meta.get("vocabulary"), meta.get("checkpoint"),
+        stimuli = self._stimuli_of(meta["store"])
+        row = stimulus_row(self.viewer, stimuli) if stimuli is not None else None
+        start_job(self, warm_up, meta["store"], meta.get("vocabulary"), meta.get("checkpoint"), row,
                   returned=self._on_warmed)
 
     def _on_warmed(self, value) -> None:
-        report_failure(value)
+        if not report_failure(value):
+            self.preloaded.emit(value)
 
     def _on_mouse_drag(self, viewer, event):
         """Left click without drag → inspect (a drag pans the view as usual)."""
@@ -282,7 +320,7 @@ class VoxelInspector(QWidget):
     def inspect_position(self, position, view_direction=None):
         """Inspect the voxel at a world position (3-D view: the first mask voxel along the view ray).
 
-        Returns the started Job, or None when no results store is open.
+        Returns the started Job, or None when no results store is open or the answer was shown at once.
         """
         from napari.utils.notifications import show_info
 
@@ -294,7 +332,10 @@ class VoxelInspector(QWidget):
         store = meta["store"]
         position = np.asarray(position, dtype=float)
         ijk, ray = None, None
-        if self.viewer.dims.ndisplay == 3 and view_direction is not None:
+        if is_surface(brain):
+            site = pick_site(self.viewer, store, position, view_direction)
+            ijk = None if site is None else (site,)
+        elif self.viewer.dims.ndisplay == 3 and view_direction is not None:
             start = brain.world_to_data(position)
             towards = brain.world_to_data(position + np.asarray(view_direction, dtype=float))
             ray = (start, towards - start)
@@ -304,8 +345,24 @@ class VoxelInspector(QWidget):
         row = stimulus_row(self.viewer, stimuli) if stimuli is not None else None
         target = self._new_target(store, brain, stimuli)
         self._latest_click = self._latest_map = target.request
-        return start_job(self, _tagged, target.request, inspect_voxel, store, ijk, ray, row, N_TOP_IMAGES,
-                         meta.get("vocabulary"), meta.get("checkpoint"), returned=self._on_report)
+        job = (_tagged, target.request, inspect_voxel, store, ijk, ray, row, N_TOP_IMAGES, meta.get("vocabulary"),
+               meta.get("checkpoint"), frozenset(r for s, r in self._icons if s == store))
+        if ray is None and self._answers_here(store, ijk, row, meta.get("vocabulary")):
+            self._on_report(run_here(*job))
+            return None
+        return start_job(self, *job, returned=self._on_report)
+
+    def _answers_here(self, store: str, ijk, row: int | None, vocabulary) -> bool:
+        """Whether a click's report is a few milliseconds of work: everything it reads is in memory and its
+        top images' thumbnails are drawn already (a worker's hand-off and second redraw would cost more)."""
+        view = open_results(store)
+        if ijk is None or not view.loaded([] if row is None else [row], vocabulary):
+            return False
+        voxel = view.space.target_at(ijk)
+        if voxel is None:
+            return True  # a message only
+        rows, _ = view.top_images(voxel, N_TOP_IMAGES)
+        return all((store, int(r)) in self._icons for r in rows) and view.profile_loaded(voxel, vocabulary)
 
     def _new_target(self, store, brain, stimuli) -> _Target:
         self._request += 1
@@ -329,8 +386,10 @@ class VoxelInspector(QWidget):
         if isinstance(result, dict):
             from napari.utils.notifications import show_info
 
-            where = f" {result['outside']}" if result["outside"] is not None else ""
-            show_info(f"The voxel{where} is outside the brain mask: click inside the coloured map.")
+            outside = result["outside"]
+            site = "vertex" if outside is not None and len(outside) == 1 else "voxel"  # a surface site is (vertex,)
+            where = f" {outside[0] if site == 'vertex' else outside}" if outside is not None else ""
+            show_info(f"The {site}{where} is outside the brain mask: click inside the coloured map.")
             self.updated.emit("outside")
             return
         report, note = result
@@ -342,7 +401,7 @@ class VoxelInspector(QWidget):
         self._selected = (target.store, info.target)
         self._mark_voxel(target, info.ijk, info.target)
         self.status.setText(f"Voxel {info.target} of {Path(target.store).name}")
-        self.fields["ijk"].setText(str(info.ijk))
+        self.fields["ijk"].setText(index_text(target.brain, info.ijk))
         self.fields["world"].setText("(" + ", ".join(f"{v:.1f}" for v in info.world) + ")")
         self.fields["roi"].setText(", ".join(info.rois) or "none")
         self.fields["r"].setText(_number(info.r))
@@ -352,7 +411,7 @@ class VoxelInspector(QWidget):
         self.top_rows = [int(row) for row in report.top_rows]
         for index, button in enumerate(self.thumbnails):
             if index < len(self.top_rows):
-                button.setIcon(QIcon(to_pixmap(report.thumbnails[index], THUMBNAIL_PX)))
+                button.setIcon(self._icon(target.store, self.top_rows[index], report.thumbnails[index]))
                 button.setText(f"#{self.top_rows[index]}\nŷ {report.top_values[index]:.2f}")
                 button.setEnabled(target.stimuli is not None)
             else:
@@ -370,13 +429,34 @@ class VoxelInspector(QWidget):
         elif report.image is not None and target.stimuli is not None and target.request == self._latest_map:
             self._show_attribution(target, report.image)
 
+    def _icon(self, store: str, row: int, image) -> QIcon:
+        """The thumbnail of a stimulus, drawn once per image (``image`` is None when it was drawn before)."""
+        key = (store, row)
+        if key in self._icons:
+            self._icons.move_to_end(key)
+            return self._icons[key]
+        if image is None:  # dropped from the kept ones while the job ran
+            return QIcon()
+        icon = self._icons[key] = QIcon(to_pixmap(image, THUMBNAIL_PX))
+        while len(self._icons) > THUMBNAILS_KEPT:
+            self._icons.popitem(last=False)
+        return icon
+
     def _mark_voxel(self, target: _Target, ijk, voxel: int) -> None:
         """Put the selected voxel on the store's "selected voxel" Points layer (shared with other widgets)."""
+        if is_surface(target.brain):
+            mark_site(self.viewer, target.store, voxel, ijk, VOXEL_LAYER)
+            return
         layers = store_layers(self.viewer, role="voxel", store=target.store)
         metadata = layer_metadata(target.store, "voxel", voxel=int(voxel), ijk=list(ijk))
         if layers:
-            layers[0].metadata = metadata
-            layers[0].data = np.asarray([ijk], dtype=float)
+            marker = layers[0]
+            if marker.data.shape == (1, len(ijk)):  # moved in place: a new .data re-slices every layer
+                marker.data[0] = ijk
+                marker.refresh(highlight=False)
+            else:
+                marker.data = np.asarray([ijk], dtype=float)
+            marker.metadata = metadata
             return
         self.viewer.add_points(
             np.asarray([ijk], dtype=float), name=VOXEL_LAYER, ndim=3, scale=target.brain.scale,
@@ -401,11 +481,16 @@ class VoxelInspector(QWidget):
         target = self._new_target(store, brain, stimuli)
         self._latest_map = target.request
         self._overlay_row = row
-        return start_job(self, _tagged, target.request, attribution_on_image, store, voxel, row,
-                         meta.get("vocabulary"), meta.get("checkpoint"), returned=self._on_attribution)
+        job = (_tagged, target.request, attribution_on_image, store, voxel, row, meta.get("vocabulary"),
+               meta.get("checkpoint"))
+        if open_results(store).loaded([row], meta.get("vocabulary")):  # a few ms: answered before the redraw
+            self._on_attribution(run_here(*job))
+            return None
+        return start_job(self, *job, returned=self._on_attribution)
 
     def refresh_overlay(self):
-        """Recompute the overlay for the current voxel and image (returns the Job, or None)."""
+        """Recompute the overlay for the current voxel and image (returns the Job, or None when it was
+        answered at once)."""
         self._overlay_row = None
         return self._on_dims_step()
 
@@ -418,6 +503,18 @@ class VoxelInspector(QWidget):
         if request == self._latest_map and target is not None and target.stimuli in self.viewer.layers:
             self._show_attribution(target, attribution)
             self.updated.emit("overlay")
+            self._read_ahead(target.store, attribution.row)
+
+    def _read_ahead(self, store: str, row: int) -> None:
+        """Read the token chunks before and after the slider's image in the background, so that scrubbing
+        across a chunk's edge finds the next image in memory too."""
+        if self._reading is not None and self._reading.running:
+            return
+        view = open_results(store)
+        step = view.token_rows_per_chunk
+        rows = [r for r in (row - step, row + step) if 0 <= r < view.n_images and not view.tokens_loaded([r])]
+        if rows:
+            self._reading = start_job(self, read_tokens, store, rows, returned=report_failure)
 
     def _show_attribution(self, target: _Target, attribution: ImageAttribution) -> None:
         self._overlay_row = attribution.row
@@ -465,9 +562,9 @@ class VoxelInspector(QWidget):
         if raw.ndim != 2:
             return
         peak = float(np.abs(raw).max()) or 1.0
-        shown = np.where(np.abs(raw) >= self.threshold.value() / 100 * peak, raw, 0.0)
-        overlay.data = shown[None]
+        overlay.data[0] = np.where(np.abs(raw) >= self.threshold.value() / 100 * peak, raw, 0.0)
         overlay.contrast_limits = (-peak, peak)
+        overlay.refresh(extent=False, highlight=False)  # in place: setting .data would recompute the viewer's dims
 
     def _on_threshold(self) -> None:
         for layer in store_layers(self.viewer, role="attribution"):
