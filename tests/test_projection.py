@@ -10,12 +10,13 @@ from napari_mine.projection import INVALID, nsd_projection
 GRID = (9, 10, 11)
 
 
-def write_transforms(root, coordinates, native_of_fsaverage, subject=1):
-    """Write both hemispheres' depth files (0-based coordinates given, written 1-based) and fsaverage maps."""
+def write_transforms(root, coordinates, native_of_fsaverage, subject=1, spread=0.2):
+    """Write both hemispheres' depth files (0-based coordinates given, written 1-based, the outer depths
+    ``spread`` voxels away) and fsaverage maps."""
     folder = root / "nsddata" / "ppdata" / f"subj{subject:02d}" / "transforms"
     folder.mkdir(parents=True, exist_ok=True)
     for hemi in ("lh", "rh"):
-        for depth, offset in zip(("layerB1", "layerB2", "layerB3"), (-0.2, 0.0, 0.2)):
+        for depth, offset in zip(("layerB1", "layerB2", "layerB3"), (-spread, 0.0, spread)):
             values = np.where(np.isnan(coordinates), INVALID, coordinates + 1 + offset)
             image = nib.MGHImage(values.reshape(-1, 1, 1, 3).astype(np.float32), np.eye(4))
             nib.save(image, folder / f"{hemi}.func1pt8-to-{depth}.mgz")
@@ -70,3 +71,37 @@ def test_transforms_of_another_grid_or_missing_files_are_refused(transforms, tmp
         nsd_projection(root, 2, GRID)
     with pytest.raises(MineInputError, match="cannot be projected"):
         nsd_projection(root, 1, GRID).project(np.zeros((3, 3, 3)))
+
+
+def test_volume_results_export_onto_fsaverage_through_the_subjects_transforms(tmp_path):
+    """features → fit on an NSD volume subject, then its accuracy and a label map exported on fsaverage."""
+    from conftest import write_nsd_subject
+
+    from napari_mine import cli
+    from napari_mine.results import Results
+
+    subject = write_nsd_subject(tmp_path / "nsd", n_sessions=3, n_design_sessions=3, trials_per_session=60,
+                                n_subject_images=80, n_stimuli=120, n_shared=16, image_size=32)
+    out, maps = tmp_path / "results", tmp_path / "maps"
+    assert cli.main(["features", str(subject.root), "--out", str(out)]) == 0
+    assert cli.main(["fit", str(out)]) == 0
+    results = Results.open(out)
+    voxels = np.argwhere(results.space.mask)[:30].astype(float)  # each native vertex sits in one masked voxel
+    native = np.arange(10242) % 30  # fsaverage5, the mesh nilearn ships
+    write_transforms(subject.root, voxels, native, spread=0.0)  # every depth at the voxel centre
+    assert cli.main(["export", str(out), "--map", "accuracy", "--on-fsaverage", "--format", "mgh",
+                     "--out", str(maps)]) == 0
+    lh = np.asarray(nib.load(maps / "lh.accuracy.fsaverage.mgh").dataobj).ravel()
+    accuracy = results.space.unmask(results.accuracy["normalized_r"])
+    expected = accuracy[tuple(voxels.astype(int).T)][native]
+    np.testing.assert_allclose(lh, expected, rtol=1e-5)
+    with pytest.raises(MineInputError, match="vertex maps"):
+        from napari_mine.export import export_maps
+
+        export_maps(results, ["accuracy"], "nifti", maps, on_fsaverage=True)
+    from napari_mine._reader import projected_layers
+
+    layers = {kwargs["name"]: data for data, kwargs, kind in projected_layers(results) if kind == "surface"}
+    vertices, faces, values = layers["lh accuracy on fsaverage"]
+    assert len(vertices) == 10242 and len(faces) and set(layers) >= {"lh sulcal depth", "rh accuracy on fsaverage"}
+    np.testing.assert_allclose(values[np.unique(faces)], np.nan_to_num(expected)[np.unique(faces)], rtol=1e-5)

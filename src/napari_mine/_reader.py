@@ -14,6 +14,7 @@ plane sits beside the brain's (y, z) slice.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +213,8 @@ def read_store(path: str | Path, *, stimuli: bool = True) -> list[tuple]:
     results = open_results(path)
     results.require("brain", "run `napari-mine features` on a dataset first.")
     space = results.space
+    if space.kind == "surface":
+        return surface_layers(results, stimuli=stimuli)
     scale, translate, oblique = affine_placement(space.affine)
     if oblique:
         show_warning(f"{results.root.name}: the brain grid is oblique; it is shown with its voxel sizes only.")
@@ -251,6 +254,16 @@ def read_store(path: str | Path, *, stimuli: bool = True) -> list[tuple]:
         else:
             layers.append(stimulus_layer(images, results.root, space.mask.shape, scale, translate))
     return layers
+
+
+def stimuli_beside_brain(space, images, store_root) -> tuple:
+    """The stimulus layer of a store's space: beside the volume's grid, or beside the cortex in every view."""
+    if space.kind == "surface":  # a thin slab at the flat map's plane: an image plane in 3-D, drawn in 2-D
+        low, high = cortex_bounds(space.layout)
+        low[0], high[0] = -STIMULUS_SLAB_MM / 2, STIMULUS_SLAB_MM / 2
+        return stimulus_layer(images, store_root, (1, 1, 1), high - low, (low + high) / 2)
+    scale, translate, _ = affine_placement(space.affine)
+    return stimulus_layer(images, store_root, space.mask.shape, scale, translate)
 
 
 def stimulus_layer(images, store_root, brain_shape, scale, translate) -> tuple:
@@ -294,3 +307,179 @@ def stimulus_placement(brain_shape, scale, translate, image_shape) -> tuple[np.n
     stim_scale = np.array([1.0, extent[0], pixel, pixel])
     stim_translate = np.array([0.0, x_centre, low[1] + 0.5 * pixel, high[2] + STIMULUS_GAP * extent[2] + 0.5 * pixel])
     return stim_scale, stim_translate
+
+
+# ---- cortical surfaces --------------------------------------------------------------------------------
+# A surface store is drawn as Surface layers per hemisphere that share one mesh per view: the sulcal depth as a
+# grey background over every face, and each map (accuracy, ROI labels, clusters, Δ) over the faces whose corners
+# it covers, so the background shows through elsewhere. Layer coordinates are display coordinates: the 3-D views
+# put (superior, anterior, right) on the layer axes (0, -1, 2) (napari's default 3-D camera then looks down on
+# both hemispheres, anterior up), the flat view the map's (x, y) on axes (2, -1) at axis 0 = 0 (napari's 2-D
+# view), and the inflated and flat hemispheres are set side by side.
+SURFACE_VIEWS = ("flat", "inflated", "pial")
+DEFAULT_SURFACE_VIEW = "flat"  # napari opens in 2-D, where the flat map is what shows the whole cortex
+HEMISPHERE_GAP_MM = 12.0
+SIDE_BY_SIDE = ("flat", "inflated")  # views whose hemispheres overlap in their own coordinates
+SULCAL_COLORMAP = "gray_r"  # sulci (positive depth) dark, gyri light
+STIMULUS_SLAB_MM = 1.0  # the stimulus stack's depth beside the cortex
+
+
+def surface_meta(layout, hemi: str, view: str, shown: np.ndarray) -> dict:
+    """What a surface layer's napari-mine metadata adds: its hemisphere, view, layout and drawn vertices."""
+    return {"hemi": hemi, "view": view, "surface": layout.to_dict(), "shown": np.asarray(shown, dtype=bool)}
+
+
+@lru_cache(maxsize=16)
+def display_mesh(hemi: str, view: str, mesh: str, n_vertices: int, freesurfer_dir: str | None = None):
+    """The mesh hemisphere ``hemi`` is drawn with in ``view``, in display coordinates (see above).
+
+    ``mesh`` and ``n_vertices`` are the data's fsaverage resolution and vertices per hemisphere; a finer mesh
+    than the data cannot carry its values, so nilearn's fsaverage5 draws it then (its vertices come first).
+    """
+    from napari_mine.surfaces import HEMISPHERES, Mesh, fsaverage_mesh
+
+    source = fsaverage_mesh(hemi, view, freesurfer_dir)
+    if source.n_vertices > n_vertices and freesurfer_dir is not None:
+        source = fsaverage_mesh(hemi, view)
+    if source.n_vertices > n_vertices:
+        raise MineInputError(f"{mesh} data have {n_vertices:,} vertices per hemisphere, fewer than the "
+                             f"{source.n_vertices:,} of the coarsest mesh at hand; give data on fsaverage5 or finer.")
+    vertices = _display_axes(source.vertices, view)
+    if view in SIDE_BY_SIDE and hemi in HEMISPHERES:
+        other = _display_axes(fsaverage_mesh("rh" if hemi == "lh" else "lh", view, freesurfer_dir).vertices, view)
+        left, right = (vertices, other) if hemi == "lh" else (other, vertices)
+        shift = -HEMISPHERE_GAP_MM / 2 - left[:, 2].max() if hemi == "lh" else HEMISPHERE_GAP_MM / 2 - right[:, 2].min()
+        vertices = vertices + np.array([0.0, 0.0, shift], dtype=np.float32)
+    vertices.flags.writeable = False
+    return Mesh(vertices, source.faces)
+
+
+def _display_axes(vertices: np.ndarray, view: str) -> np.ndarray:
+    """RAS millimetres (x, y, z) as layer axes: (z, -y, x) in 3-D; the flat map's (x, y) as (0, -y, x)."""
+    x, y, z = vertices.T
+    depth = np.zeros_like(x) if view == "flat" else z
+    return np.column_stack([depth, -y, x]).astype(np.float32)
+
+
+def surface_layer_data(mesh, values: np.ndarray, shown: np.ndarray) -> tuple:
+    """``(vertices, faces, values)`` of a Surface layer: the faces whose three corners are ``shown``."""
+    shown = np.asarray(shown, dtype=bool)[: mesh.n_vertices]
+    faces = mesh.faces[shown[mesh.faces].all(axis=1)]
+    values = np.where(shown, np.nan_to_num(np.asarray(values, dtype=np.float32)[..., : mesh.n_vertices]), 0)
+    return mesh.vertices, faces, values.astype(np.float32)
+
+
+def hemisphere_values(space, values: np.ndarray, fill=np.nan) -> dict[str, np.ndarray]:
+    """Per-target values as {hemisphere: values over its vertices} (``fill`` off the mask)."""
+    return space.per_hemisphere(space.unmask(values, fill))
+
+
+def label_colormap_for(n_labels: int):
+    """A colormap drawing integer vertex values 0..n_labels with the label colours of napari's Labels layers
+    (the volume's ROI colours), over contrast limits (-0.5, n_labels + 0.5)."""
+    from napari.utils.colormaps import Colormap, label_colormap
+
+    colors = label_colormap().map(np.arange(n_labels + 1))
+    return Colormap(colors, controls=np.linspace(0.0, 1.0, n_labels + 2), interpolation="zero",
+                    name=f"mine-labels-{n_labels}", display_name="ROI labels")
+
+
+def surface_layers(results, *, stimuli: bool = True, view: str = DEFAULT_SURFACE_VIEW) -> list[tuple]:
+    """Layer tuples of a surface store per hemisphere: sulcal depth, accuracy (or the mask), ROI labels; then the
+    stimulus stack beside the cortex."""
+    from napari.utils.notifications import show_warning
+
+    from napari_mine.surfaces import sulcal_depth
+
+    space = results.space
+    layout = space.layout
+    meshes = {hemi: display_mesh(hemi, view, layout.mesh, count, layout.freesurfer_dir)
+              for hemi, count in layout.hemispheres.items()}
+    anatomy = results.anatomy()
+    if anatomy is not None and anatomy.shape == space.mask.shape:
+        depth = space.per_hemisphere(anatomy)
+    else:
+        depth = {hemi: sulcal_depth(hemi, layout.freesurfer_dir) for hemi in layout.hemispheres}
+    masks = space.per_hemisphere(space.mask)
+    layers = []
+
+    def add(hemi, role, name, values, shown, style, **extra):
+        data = surface_layer_data(meshes[hemi], values, shown)
+        if len(data[1]):
+            meta = layer_metadata(results.root, role, **surface_meta(layout, hemi, view, shown[: len(data[0])]),
+                                  **extra)
+            layers.append((data, {"name": f"{hemi} {name}", "shading": "smooth", "metadata": meta, **style}, "surface"))
+
+    for hemi, values in depth.items():
+        values = np.asarray(values, dtype=np.float32)
+        limit = 1.5 * float(np.nanpercentile(np.abs(values), 98)) or 1.0
+        add(hemi, "anatomy", "sulcal depth", values, np.ones(len(values), bool),
+            {"colormap": SULCAL_COLORMAP, "contrast_limits": (-limit, limit)})
+    if results.has("encoder"):
+        accuracy = hemisphere_values(space, results.accuracy["normalized_r"])
+        for hemi in layout.hemispheres:
+            add(hemi, "accuracy", "accuracy (r / noise ceiling)", accuracy[hemi], masks[hemi],
+                {"colormap": ACCURACY_COLORMAP, "contrast_limits": (0.0, 1.0), "opacity": 0.9})
+    else:
+        for hemi in layout.hemispheres:
+            add(hemi, "mask", "brain mask", masks[hemi].astype(np.float32), masks[hemi],
+                {"colormap": "cyan", "contrast_limits": (0.0, 1.0), "opacity": 0.4})
+    for name, (volume, labels) in space.rois.items():
+        values = space.per_hemisphere(np.where(np.asarray(volume) > 0, volume, 0))
+        n_labels = max(max(labels, default=0), int(np.max(volume, initial=0)))
+        for hemi in layout.hemispheres:
+            add(hemi, "roi", f"ROI {name}", values[hemi], values[hemi] > 0,
+                {"colormap": label_colormap_for(n_labels), "contrast_limits": (-0.5, n_labels + 0.5),
+                 "opacity": 0.5, "visible": name.startswith("floc-")},
+                roi=name, labels={str(k): v for k, v in labels.items()})
+    if stimuli:
+        try:
+            images = results.images
+        except MineInputError as error:
+            show_warning(f"The stimuli of {results.root.name} are not shown: {error}")
+        else:
+            layers.append(stimuli_beside_brain(space, images, results.root))
+    return layers
+
+
+def cortex_bounds(layout) -> tuple[np.ndarray, np.ndarray]:
+    """The display coordinates' low and high corners over both hemispheres and every view (the stimuli are set
+    beside them, clear of the cortex in any view)."""
+    corners = [fn(display_mesh(hemi, view, layout.mesh, count, layout.freesurfer_dir).vertices, axis=0)
+               for hemi, count in layout.hemispheres.items() for view in SURFACE_VIEWS for fn in (np.min, np.max)]
+    return np.min(corners, axis=0), np.max(corners, axis=0)
+
+
+def projected_layers(results, *, view: str = "inflated") -> list[tuple]:
+    """Volume results of an NSD subject carried onto fsaverage (:meth:`Results.on_fsaverage`): per hemisphere
+    the sulcal depth, the accuracy and, when profiled, the ROI sub-populations, as Surface layers (role
+    "projected": a view of the volume's maps, not targets to click)."""
+    from napari_mine.surfaces import sulcal_depth
+
+    layout = results.fsaverage_projection().layout
+    accuracy = results.on_fsaverage(results.accuracy["normalized_r"])
+    maps = [("accuracy on fsaverage", accuracy, np.isfinite(accuracy),
+             {"colormap": ACCURACY_COLORMAP, "contrast_limits": (0.0, 1.0), "opacity": 0.9})]
+    if results.has("profiles"):
+        from napari_mine.export import target_map
+
+        clusters = target_map(results, "clusters")
+        labels = results.on_fsaverage(clusters.values, labels=True)
+        maps.append(("ROI sub-populations on fsaverage", labels.astype(np.float32), labels > 0,
+                     {"colormap": label_colormap_for(len(clusters.labels)),
+                      "contrast_limits": (-0.5, len(clusters.labels) + 0.5), "opacity": 0.8, "visible": False}))
+    layers, start = [], 0
+    for hemi, count in layout.hemispheres.items():
+        mesh = display_mesh(hemi, view, layout.mesh, count, layout.freesurfer_dir)
+        depth = sulcal_depth(hemi, layout.freesurfer_dir)[:count]
+        limit = 1.5 * float(np.nanpercentile(np.abs(depth), 98)) or 1.0
+        hemi_maps = [("sulcal depth", depth, np.ones(count, bool), {"colormap": SULCAL_COLORMAP,
+                                                                    "contrast_limits": (-limit, limit)})]
+        hemi_maps += [(name, sites[start:start + count], shown[start:start + count], style)
+                      for name, sites, shown, style in maps]
+        for name, values, shown, style in hemi_maps:
+            data = surface_layer_data(mesh, values, shown)
+            meta = layer_metadata(results.root, "projected", **surface_meta(layout, hemi, view, shown[: len(data[0])]))
+            layers.append((data, {"name": f"{hemi} {name}", "shading": "smooth", "metadata": meta, **style}, "surface"))
+        start += count
+    return layers

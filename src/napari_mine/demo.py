@@ -34,10 +34,14 @@ def decomposition_error(backbone, images: np.ndarray) -> float:
     return float(errors.max())
 
 
-def run_demo(out: str | Path, *, seed: int = 0, n_images: int | None = None,
+def run_demo(out: str | Path, *, seed: int = 0, n_images: int | None = None, space: str = "volume",
              log: Callable[[str], None] = lambda message: None) -> Path:
-    """Run the whole demo into `out`; returns the path of `summary.json`."""
-    from napari_mine.data import load_nsd
+    """Run the whole demo into `out`; returns the path of `summary.json`.
+
+    ``space="fsaverage"`` runs every step on the vertices of the same world's subject on the cortex (its
+    fsaverage betas, read by :func:`~napari_mine.data.load_nsd_surface`); summary.json has the same keys.
+    """
+    from napari_mine.data import load_nsd, load_nsd_surface
     from napari_mine.models.backbone import load_backbone
     from napari_mine.pipeline import compute_features, fit_encoder_step, report_step, validate_step
     from napari_mine.report_validation import validation_html
@@ -50,12 +54,13 @@ def run_demo(out: str | Path, *, seed: int = 0, n_images: int | None = None,
     start = time.perf_counter()
     if not world.exists():
         n_images = n_images or DEMO_IMAGES
-        log(f"writing a synthetic world ({n_images} images, seed {seed}) to {world}")
-        write_world(world, seed=seed, n_images=n_images, n_shared=max(10, n_images // 10))
+        log(f"writing a synthetic world ({n_images} images, seed {seed}, {space}) to {world}")
+        on_cortex = {"space": space} if space != "volume" else {}  # the volume world is written as it always was
+        write_world(world, seed=seed, n_images=n_images, n_shared=max(10, n_images // 10), **on_cortex)
     timings["world_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    dataset = load_nsd(world, subject=1)
+    dataset = load_nsd_surface(world, subject=1) if space == "fsaverage" else load_nsd(world, subject=1)
     backbone = load_backbone("mine-small")
     store = ResultsStore.create(out, model=backbone.record, dataset=dataset.source)
     timings["load_s"] = time.perf_counter() - start
@@ -86,7 +91,8 @@ def run_demo(out: str | Path, *, seed: int = 0, n_images: int | None = None,
 
     summary = store.update_summary("timings", {k: round(v, 2) for k, v in timings.items()})
     log("writing the report")
-    report_step(store.results(), summary, title="napari-mine demo: synthetic world", extra_figures=figures,
+    title = "napari-mine demo: synthetic world" + (" on fsaverage" if space == "fsaverage" else "")
+    report_step(store.results(), summary, title=title, extra_figures=figures,
                 extra_html=validation_html(validation, store.root))
     return store.root / "summary.json"
 

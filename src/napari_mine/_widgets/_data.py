@@ -50,7 +50,7 @@ def open_dataset(kind: str, folder: str, subject: int, results: str, model: str,
     """Worker job (a generator: it yields its stage and may stop before each): load a dataset, create its
     results folder for the model, and return ``(results folder, its layer tuples)``. Stopped before the
     last stage, it writes nothing."""
-    from napari_mine._reader import read_store, stimulus_layer
+    from napari_mine._reader import read_store, stimuli_beside_brain
     from napari_mine.data import load_generic, load_nsd
     from napari_mine.pipeline import save_brain
     from napari_mine.results import open_results, shared_backbone
@@ -65,9 +65,7 @@ def open_dataset(kind: str, folder: str, subject: int, results: str, model: str,
     save_brain(dataset, store)
     open_results(store.root).keep_dataset(dataset)
     layers = read_store(store.root, stimuli=False)
-    place = next(kwargs for _, kwargs, _ in layers)
-    layers.append(stimulus_layer(dataset.images, str(store.root), dataset.mask.shape, place["scale"],
-                                 place["translate"]))
+    layers.append(stimuli_beside_brain(open_results(store.root).space, dataset.images, str(store.root)))
     return str(store.root), layers
 
 

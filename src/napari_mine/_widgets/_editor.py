@@ -43,6 +43,7 @@ from napari_mine._widgets._common import (
     stimulus_row,
     store_layers,
 )
+from napari_mine._widgets._surface import is_surface, own_picking, show_site_values
 from napari_mine.counterfactual import ACTIONS, MASK_FRACTION
 from napari_mine.errors import MineInputError
 
@@ -165,6 +166,7 @@ class CounterfactualEditor(StagedJobs, QWidget):
         self.viewer.dims.events.current_step.connect(self._refresh_target)
         self.destroyed.connect(partial(_disconnect, self.viewer, self._on_layers_changed, self._refresh_target))
         self._on_layers_changed()
+        own_picking(self.viewer)
 
     def _build(self) -> None:
         layout = QVBoxLayout(self)
@@ -351,6 +353,11 @@ class CounterfactualEditor(StagedJobs, QWidget):
         if brain is None:
             return name
         metadata = layer_metadata(store, "delta", voxel=edit.voxel, image=edit.row, action=edit.action)
+        if is_surface(brain):
+            show_site_values(self.viewer, store, "delta", volume, np.isfinite(volume), name=name,
+                             extra={"voxel": edit.voxel, "image": edit.row, "action": edit.action},
+                             colormap=delta_colormap(), contrast_limits=(-limit, limit))
+            return name
         existing = store_layers(self.viewer, role="delta", store=store)
         if existing:
             layer = existing[0]

@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_mine._reader import META, layer_metadata
+from napari_mine._reader import META, label_colormap_for, layer_metadata
 from napari_mine._widgets._common import (
     CANCELLED,
     BarChart,
@@ -34,6 +34,7 @@ from napari_mine._widgets._common import (
     start_job,
     store_layers,
 )
+from napari_mine._widgets._surface import is_surface, label_at, own_picking, show_site_values
 from napari_mine.results import RoiReport, open_results
 
 
@@ -106,6 +107,7 @@ class RoiExplorer(QWidget):
         self.viewer.layers.selection.events.active.connect(self._on_layers_changed)
         self.destroyed.connect(partial(_disconnect, self.viewer, self._on_layers_changed))
         self._on_layers_changed()
+        own_picking(self.viewer)
 
     # ---- the store's ROIs -------------------------------------------------------------------------
     def _on_layers_changed(self, event=None):
@@ -155,7 +157,7 @@ class RoiExplorer(QWidget):
         layers.sort(key=lambda layer: _specificity(mine_meta(layer)["roi"]))
         for layer in layers:
             roi = mine_meta(layer)["roi"]
-            value = int(layer.data[ijk])
+            value = label_at(layer, ijk)
             if value > 0 and roi in self._labels and value in self._labels[roi]:
                 self.roi.setCurrentText(roi)
                 self.label.setCurrentIndex(self.label.findData(value))
@@ -222,6 +224,9 @@ class RoiExplorer(QWidget):
         metadata = layer_metadata(self._store, "clusters", roi=f"{report.roi}:{report.label}")
         features = {"index": list(range(len(report.cluster_sizes) + 1)),
                     "name": ["none"] + [", ".join(c for c, _ in top) for top in report.cluster_profiles]}
+        if is_surface(self._brain):
+            self._show_surface_clusters(report, name)
+            return
         existing = [layer for layer in store_layers(self.viewer, role="clusters", store=self._store)
                     if mine_meta(layer).get("roi") == metadata[META]["roi"]]
         if existing:
@@ -235,6 +240,13 @@ class RoiExplorer(QWidget):
                                            metadata=metadata)
             self.viewer.layers.selection.active = brain
         show_densest_slice(self.viewer, layer)
+
+    def _show_surface_clusters(self, report: RoiReport, name: str) -> None:
+        """The clusters as vertex values on both hemispheres (vertices outside the region are left undrawn)."""
+        k = len(report.cluster_sizes)
+        show_site_values(self.viewer, self._store, "clusters", report.clusters, report.clusters > 0, name=name,
+                         key={"roi": f"{report.roi}:{report.label}"}, colormap=label_colormap_for(k),
+                         contrast_limits=(-0.5, k + 0.5), opacity=0.9)
 
 
 def _specificity(roi: str) -> int:

@@ -44,8 +44,8 @@ class Dataset:
 
     ``responses[t]`` is the response to image ``images[trial_images[t]]``; columns are the sites of
     ``mask`` in ``np.flatnonzero(mask)`` order. The sites are the voxels of a grid, or with ``surface`` the
-    vertices of both hemispheres (``mask``, ROI and ncsnr arrays are then 1-D over all vertices, ``anatomy`` the
-    sulcal depth). With ``n_repeats`` the rows are already per-image means of that many trials (one row per
+    vertices of both hemispheres (``mask`` and the ROI arrays are then 1-D over all vertices, ``anatomy`` the
+    sulcal depth; ``ncsnr`` is per target in both). With ``n_repeats`` the rows are already per-image means of that many trials (one row per
     image: how fsaverage betas are loaded, since a subject's trials would not fit in memory). ``test_images`` are
     image positions reserved for testing (NSD's shared images), or None. ``source`` records where the data came
     from and how it was read (JSON-serialisable, for the results manifest).
@@ -109,7 +109,9 @@ class Dataset:
         """
         from scipy import sparse
 
-        if self.n_repeats is not None:
+        if self.n_repeats is not None:  # already one row per image (no copy when the rows are in id order)
+            if np.all(np.diff(self.trial_images) > 0):
+                return self.trial_images, self.responses, self.n_repeats
             order = np.argsort(self.trial_images)
             return self.trial_images[order], self.responses[order], self.n_repeats[order]
         image_ids, row_of_trial, n_repeats = np.unique(self.trial_images, return_inverse=True, return_counts=True)

@@ -200,15 +200,19 @@ class NsdTree:
         func = f"nsddata/ppdata/{self.subject_folder}/func1pt8mm"
         return self.find(f"{func}/roi/{name}.nii.gz", f"{func}/{name}.nii.gz")
 
-    def betas_folder(self, glm: str) -> Path:
-        """The folder holding this subject's beta files (``glm`` preferred when several exist)."""
-        known = self.root / f"nsddata_betas/ppdata/{self.subject_folder}/func1pt8mm/{glm}"
-        if session_files(known):
+    def betas_folder(self, glm: str, space: str = "func1pt8mm", pattern: re.Pattern = _BETAS_FILE,
+                     what: str = "betas_sessionNN.nii.gz or .hdf5") -> Path:
+        """The folder holding this subject's beta files in ``space`` (``glm`` preferred when several exist).
+
+        ``pattern`` matches the beta file names of that space, ``what`` names them in the message.
+        """
+        known = self.root / f"nsddata_betas/ppdata/{self.subject_folder}/{space}/{glm}"
+        if known.is_dir() and any(pattern.match(p.name) for p in known.iterdir()):
             return known
-        folders = sorted({p.parent for paths in self._index().values() for p in paths if _BETAS_FILE.match(p.name)})
+        folders = sorted({p.parent for paths in self._index().values() for p in paths if pattern.match(p.name)})
         if not folders:
             raise MineInputError(
-                f"No betas_sessionNN.nii.gz or .hdf5 files for {self.subject_folder} under {self.root}; "
+                f"No {what} files for {self.subject_folder} under {self.root}; "
                 "point root at the NSD folder that contains them."
             )
         preferred = [folder for folder in folders if folder.name == glm]
@@ -217,6 +221,15 @@ class NsdTree:
         raise MineInputError(
             f"Beta files are in several folders ({', '.join(map(str, folders))}); pass glm= the folder name to use."
         )
+
+    def find_fsaverage(self, relative: str) -> Path | None:
+        """A file of NSD's fsaverage subject (``nsddata/freesurfer/fsaverage/<relative>``), else found by name
+        inside a folder called ``fsaverage`` (a subject's own surfaces share the names but not the vertices)."""
+        known = self.root / "nsddata/freesurfer/fsaverage" / relative
+        if known.is_file():
+            return known
+        candidates = [p for p in self._index().get(Path(relative).name, []) if "fsaverage" in p.parts]
+        return min(candidates, key=self._preference) if candidates else None
 
     def _index(self) -> dict[str, list[Path]]:
         if self._files_by_name is None:

@@ -9,11 +9,18 @@ from typing import Callable
 
 from napari_mine.data.dataset import ARRAY_MASK, Dataset
 from napari_mine.data.generic import load_generic
+from napari_mine.data.generic_surface import load_generic_surface
 from napari_mine.data.nsd import load_nsd
+from napari_mine.data.nsd_surface import load_nsd_surface
 from napari_mine.errors import MineInputError
 
 
 def _reopen_nsd(source: dict) -> Dataset:
+    if source.get("space") == "fsaverage":
+        return load_nsd_surface(
+            source["root"], source["subject"], mask=source["mask"], sessions=source["sessions"],
+            dtype=source["dtype"], zscore=source["zscore"], rois=source["rois"], glm=source["glm"],
+        )
     return load_nsd(
         source["root"], source["subject"], mask=source["mask"], sessions=source["sessions"],
         dtype=source["dtype"], zscore=source["zscore"], nan_policy=source["nan_policy"],
@@ -22,6 +29,12 @@ def _reopen_nsd(source: dict) -> Dataset:
 
 
 def _reopen_generic(source: dict) -> Dataset:
+    if source.get("space") == "fsaverage":
+        return load_generic_surface(
+            responses=source["responses"], mesh=source["mesh"], freesurfer_dir=source["freesurfer_dir"],
+            mask=source["mask"], table=source["table"], images=source["images"], rois=source["rois"],
+            name=source["name"], image_size=source["image_size"],
+        )
     return load_generic(
         responses=source["responses"], mask=source["mask"], table=source["table"], images=source["images"],
         rois=source["rois"], anatomy=source["anatomy"], name=source["name"],
@@ -29,7 +42,8 @@ def _reopen_generic(source: dict) -> Dataset:
     )
 
 
-# The synthetic world is written in the NSD layout and reopens through "nsd".
+# The synthetic world is written in the NSD layout and reopens through "nsd" (its fsaverage betas too: the
+# record's "space" says which).
 LOADERS: dict[str, Callable[[dict], Dataset]] = {"nsd": _reopen_nsd, "generic": _reopen_generic}
 
 
@@ -39,7 +53,8 @@ def dataset_from_source(source: dict) -> Dataset:
     Parameters
     ----------
     source : dict
-        ``Dataset.source`` of a dataset loaded by :func:`load_nsd` or :func:`load_generic`.
+        ``Dataset.source`` of a dataset loaded by :func:`load_nsd`, :func:`load_nsd_surface`, :func:`load_generic`
+        or :func:`load_generic_surface` (the record's ``"space"`` tells the surface loaders apart).
 
     Returns
     -------

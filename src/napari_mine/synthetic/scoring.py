@@ -6,7 +6,10 @@ where the encoder is good enough for the question to be fair.
 * **Voxels scored.** Category voxels (``tuning.kind == "category"``) of the named category ROIs (the labels
   of floc-faces, floc-places, floc-bodies and floc-words; the extra category patches are not ROIs) whose
   noise-ceiling-normalised r (``encoder.zarr accuracy/normalized_r``) is at least 0.5. The dataset's mask
-  must be the truth's, so that voxel ``v`` of the encoder is voxel ``v`` of ``brain.tuning``.
+  must be the truth's, so that voxel ``v`` of the encoder is voxel ``v`` of ``brain.tuning``. Results on the
+  cortical surface are scored the same way: :func:`score_interpretation` first re-indexes the truth to their
+  vertices (:meth:`WorldTruth.for_space`, each vertex the voxel it copies); give the lower-level functions
+  ``truth.for_space(results.space)`` likewise.
 * **Pairs.** A seeded sample of ``n_voxels`` scored voxels, each with its ``n_images_per_voxel`` images of
   highest predicted response. The object that *truly drives* the voxel on an image is the arg-max over the
   scene's objects of ``brain.object_drives`` (each object's own drive before pooling and saturation).
@@ -69,7 +72,7 @@ def score_interpretation(results, dataset, truth, backbone, *, seed: int = 0, n_
     dataset : Dataset
         The world loaded with ``load_nsd``.
     truth : WorldTruth
-        ``load_truth`` of the same world.
+        ``load_truth`` of the same world (re-indexed here to surface results' vertices).
     backbone : Backbone
         The model that made the store's features.
     seed : int
@@ -87,6 +90,7 @@ def score_interpretation(results, dataset, truth, backbone, *, seed: int = 0, n_
 
     if min(n_voxels, n_images_per_voxel, n_faithfulness_pairs) < 1:
         raise MineInputError("Scoring needs at least one voxel, one image per voxel and one faithfulness pair.")
+    truth = truth.for_space(results.space)
     rng = np.random.default_rng(seed)
     voxels = scored_voxels(results, dataset, truth)
     space = concept_space(synthetic_vocabulary(), backbone)

@@ -2,13 +2,14 @@
 
 It holds what every later score needs: the scene behind each stimulus, the stimulus ids of the subject's
 images and the test set, and the simulated brain's complete parameters, so :func:`brain.true_response`
-can be recomputed for new (edited or generated) scenes.
+can be recomputed for new (edited or generated) scenes. A world written with its cortex also keeps the voxel
+each fsaverage5 vertex copies (:mod:`.cortex`), so the same truth scores results computed on vertices.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from ..errors import MineInputError
 from . import scenes as S
 from .brain import SimulatedBrain, VoxelTuning, true_response
+from .cortex import CortexMap, brain_on_sites, load_cortex_map, save_cortex_map
 
 TRUTH_DIR = "ground_truth"
 _VOLUMES = ("affine", "brainmask", "cortex", "mask", "anatomy")
@@ -27,7 +29,8 @@ class WorldTruth:
 
     ``scenes[i]`` is the scene of stimulus ``i`` (0-based row of ``imgBrick``); ``subject_images[j]`` is the
     stimulus shown as the subject's image ``j`` (0-based column of ``subjectim``); ``shared_images`` are the
-    stimulus indices of the test set (shown ``repeats`` times).
+    stimulus indices of the test set (shown ``repeats`` times); ``cortex`` is where the neurons lie on
+    fsaverage5, for a world written with ``space="fsaverage"``.
     """
 
     brain: SimulatedBrain
@@ -35,10 +38,25 @@ class WorldTruth:
     subject_images: np.ndarray
     shared_images: np.ndarray
     repeats: int
+    cortex: CortexMap | None = None
 
     def true_response(self, scenes=None) -> np.ndarray:
         """Noiseless nsdgeneral responses to ``scenes`` (default: every stimulus, in stimulus order)."""
         return true_response(self.brain, self.scenes if scenes is None else scenes)
+
+    def for_space(self, space) -> "WorldTruth":
+        """The truth whose neurons are ``space``'s targets, so scores and the true brain index it by target.
+
+        A volume space's voxels already are the brain's (their order is checked where they are matched); for a
+        surface space (``space.kind == "surface"``) each target vertex gets the tuning of the voxel it copies, and
+        ``brain.mask`` becomes the space's mask over the surface's sites. A truth already on sites is kept.
+        """
+        if getattr(space, "kind", "volume") != "surface" or self.brain.mask.ndim == 1:
+            return self
+        if self.cortex is None:
+            raise MineInputError("These results are on the cortical surface, but the world was written without it; "
+                                 "write the world with `napari-mine world OUT --space fsaverage` and recompute.")
+        return replace(self, brain=brain_on_sites(self.brain, self.cortex, space.mask))
 
 
 def save_truth(folder: Path, truth: WorldTruth) -> None:
@@ -61,6 +79,8 @@ def save_truth(folder: Path, truth: WorldTruth) -> None:
         "repeats": truth.repeats, "note": "0-based stimulus indices (rows of imgBrick)",
     })
     _write_json(folder / "subpopulations.json", subpopulation_summary(brain))
+    if truth.cortex is not None:
+        save_cortex_map(folder, truth.cortex)
 
 
 def subpopulation_summary(brain: SimulatedBrain) -> dict:
@@ -104,7 +124,7 @@ def load_truth(root) -> WorldTruth:
     scenes = [S.scene_from_dict(d) for d in json.loads((folder / "scenes.json").read_text())]
     stimuli = json.loads((folder / "stimuli.json").read_text())
     return WorldTruth(brain, scenes, np.array(stimuli["subject_images"], int), np.array(stimuli["shared_images"], int),
-                      int(stimuli["repeats"]))
+                      int(stimuli["repeats"]), load_cortex_map(folder))
 
 
 def _write_json(path: Path, payload) -> None:

@@ -3,8 +3,9 @@
 Everything NSD has that the pipeline reads is written the way NSD writes it: int16 betas (% signal change
 × 300) per session, a 1-based experimental design in a .mat file, an ``imgBrick`` of stimuli, ROI volumes
 with label tables, anatomy, a brain mask and an ncsnr volume computed from the simulated betas with NSD's
-own recipe. The ground truth goes to ``ground_truth/``. The world is built in a sibling temp folder and
-renamed into place, so an interrupted run never leaves a half-written world.
+own recipe. With ``space="fsaverage"`` the same subject is written on the cortex as well, in NSD's fsaverage
+layout (:mod:`.write_fsaverage`). The ground truth goes to ``ground_truth/``. The world is built in a sibling
+temp folder and renamed into place, so an interrupted run never leaves a half-written world.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import scipy.io
 from ..errors import MineInputError
 from . import scenes as S
 from .brain import SimulatedBrain, general_volume, make_brain, measured_betas, true_response
+from .noise_ceiling import nsd_ncsnr
 from .truth import TRUTH_DIR, WorldTruth, load_truth, save_truth
+from .write_fsaverage import write_fsaverage
 
 __all__ = ["WorldInfo", "write_world", "load_truth", "nsd_ncsnr", "BETA_SCALE"]
 
@@ -34,6 +37,7 @@ BETAS = f"nsddata_betas/ppdata/{SUBJECT}/func1pt8mm/betas_fithrf_GLMdenoise_RR"
 EXPDESIGN = "nsddata/experiments/nsd/nsd_expdesign.mat"
 STIMULI = "nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5"
 LABELS = f"nsddata/freesurfer/{SUBJECT}/label"
+SPACES = ("volume", "fsaverage")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class WorldInfo:
     n_sessions: int
     n_voxels: int  # nsdgeneral voxels
     shape: tuple[int, int, int]
+    space: str = "volume"  # "fsaverage": the surface files were written too
+    n_vertices: int = 0  # surface nsdgeneral vertices (both hemispheres)
 
 
 @dataclass
@@ -64,7 +70,7 @@ class Design:
 def write_world(root, *, seed: int = 0, n_images: int = 2500, n_shared: int = 250, repeats: int = 3,
                 trials_per_session: int = 750, image_size: int = S.IMAGE_SIZE,
                 brain_shape: tuple[int, int, int] = (40, 48, 40), n_general: int = 3000,
-                overwrite: bool = False) -> WorldInfo:
+                space: str = "volume", overwrite: bool = False) -> WorldInfo:
     """Simulate a subject and write the whole world in the NSD layout under ``root``.
 
     Parameters
@@ -85,6 +91,8 @@ def write_world(root, *, seed: int = 0, n_images: int = 2500, n_shared: int = 25
         Volume grid (1.8 mm voxels).
     n_general : int
         Voxels in the nsdgeneral mask (the simulated visual cortex).
+    space : str
+        "volume" (the volume files only) or "fsaverage" (the same subject on fsaverage5 as well).
     overwrite : bool
         Replace an existing ``root``.
 
@@ -93,12 +101,12 @@ def write_world(root, *, seed: int = 0, n_images: int = 2500, n_shared: int = 25
     WorldInfo
     """
     root = Path(root)
-    _check_request(root, n_images, n_shared, repeats, trials_per_session, overwrite)
+    _check_request(root, n_images, n_shared, repeats, trials_per_session, space, overwrite)
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{root.name}.tmp-", dir=root.parent))
     try:
         info = _write_into(staging, root, seed, n_images, n_shared, repeats, trials_per_session, image_size,
-                           brain_shape, n_general)
+                           brain_shape, n_general, space)
         _move_into_place(staging, root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -106,7 +114,9 @@ def write_world(root, *, seed: int = 0, n_images: int = 2500, n_shared: int = 25
     return info
 
 
-def _check_request(root, n_images, n_shared, repeats, trials_per_session, overwrite):
+def _check_request(root, n_images, n_shared, repeats, trials_per_session, space, overwrite):
+    if space not in SPACES:
+        raise MineInputError(f"space={space!r} is not a world space; choose one of {SPACES}.")
     if root.exists() and not overwrite:
         raise MineInputError(f"{root} already exists; choose a new folder or pass overwrite=True.")
     if not 0 < n_shared < n_images:
@@ -129,7 +139,7 @@ def _move_into_place(staging: Path, root: Path) -> None:
 
 
 def _write_into(folder, root, seed, n_images, n_shared, repeats, trials_per_session, image_size, brain_shape,
-                n_general) -> WorldInfo:
+                n_general, space) -> WorldInfo:
     """Simulate the subject and write every file of the world into ``folder``."""
     rng = np.random.default_rng([int(seed), 202])
     brain = make_brain(seed, shape=brain_shape, n_general=n_general)
@@ -144,10 +154,14 @@ def _write_into(folder, root, seed, n_images, n_shared, repeats, trials_per_sess
     _write_rois_and_anatomy(folder, brain)
     _write_expdesign(folder, design)
     _write_stimuli(folder / STIMULI, scenes, image_size)
+    cortex = None
+    if space == "fsaverage":
+        cortex = write_fsaverage(folder, brain, responses, stimulus_of_trial, design.sessions, seed)
     shared = np.sort(design.subject_images[:n_shared])
-    save_truth(folder / TRUTH_DIR, WorldTruth(brain, scenes, design.subject_images, shared, repeats))
+    save_truth(folder / TRUTH_DIR, WorldTruth(brain, scenes, design.subject_images, shared, repeats, cortex))
     return WorldInfo(root, int(seed), n_images, n_shared, repeats, len(design.sessions),
-                     int(design.sessions.max()) + 1, brain.n_voxels, brain.shape)
+                     int(design.sessions.max()) + 1, brain.n_voxels, brain.shape, space,
+                     0 if cortex is None else int(cortex.mask.sum()))
 
 
 def make_design(rng, n_images, n_shared, repeats, trials_per_session) -> Design:
@@ -168,43 +182,6 @@ def _cortex_betas(brain: SimulatedBrain, general_betas: np.ndarray, rng) -> np.n
     cortex[:, inside] = general_betas
     cortex[:, ~inside] = rng.standard_normal((n_trials, int((~inside).sum())), dtype=np.float32) * noise_sd
     return np.clip(np.round(cortex * BETA_SCALE), -32768, 32767).astype(np.int16)
-
-
-def nsd_ncsnr(betas: np.ndarray, trial_images: np.ndarray, sessions: np.ndarray) -> np.ndarray:
-    """NSD's noise-ceiling SNR from single-trial betas.
-
-    Betas are z-scored per session; the noise variance is the mean over repeated images of the variance
-    across their repeats; the signal sd is ``sqrt(max(total variance − noise variance, 0))``.
-
-    Parameters
-    ----------
-    betas : float array (n_trials, n_voxels)
-    trial_images : int array (n_trials,)
-        Image shown on each trial.
-    sessions : int array (n_trials,)
-
-    Returns
-    -------
-    float32 (n_voxels,)
-    """
-    z = np.empty_like(betas, dtype=np.float64)
-    for session in np.unique(sessions):
-        rows = sessions == session
-        block = betas[rows].astype(np.float64)
-        z[rows] = (block - block.mean(0)) / np.maximum(block.std(0), 1e-12)
-    _, image_of_trial, counts = np.unique(trial_images, return_inverse=True, return_counts=True)
-    repeated = np.flatnonzero(counts[image_of_trial] >= 2)
-    if len(repeated) == 0:
-        raise MineInputError("No image was shown twice, so the noise ceiling cannot be estimated; add repeats.")
-    repeated = repeated[np.argsort(image_of_trial[repeated], kind="stable")]
-    starts = np.flatnonzero(np.diff(image_of_trial[repeated], prepend=-1))
-    n = np.diff(np.append(starts, len(repeated)))[:, None]
-    sums = np.add.reduceat(z[repeated], starts)
-    squares = np.add.reduceat(z[repeated] ** 2, starts)
-    noise_var = ((squares - sums**2 / n) / (n - 1)).mean(0)
-    signal_sd = np.sqrt(np.maximum(z.var(0) - noise_var, 0))
-    ncsnr = np.divide(signal_sd, np.sqrt(noise_var), out=np.zeros_like(signal_sd), where=noise_var > 0)
-    return ncsnr.astype(np.float32)
 
 
 def _write_betas(folder, brain, cortex_betas, sessions, ncsnr):
