@@ -452,7 +452,8 @@ def cortex_bounds(layout) -> tuple[np.ndarray, np.ndarray]:
 
 def projected_layers(results, *, view: str = "inflated") -> list[tuple]:
     """Volume results of an NSD subject carried onto fsaverage (:meth:`Results.on_fsaverage`): per hemisphere
-    the sulcal depth, the accuracy and, when profiled, the ROI sub-populations, as Surface layers (role
+    the sulcal depth, the accuracy and, when profiled, the ROI sub-populations and each voxel's top concept (a
+    label per concept), as Surface layers (role
     "projected": a view of the volume's maps, not targets to click)."""
     from napari_mine.surfaces import sulcal_depth
 
@@ -463,11 +464,12 @@ def projected_layers(results, *, view: str = "inflated") -> list[tuple]:
     if results.has("profiles"):
         from napari_mine.export import target_map
 
-        clusters = target_map(results, "clusters")
-        labels = results.on_fsaverage(clusters.values, labels=True)
-        maps.append(("ROI sub-populations on fsaverage", labels.astype(np.float32), labels > 0,
-                     {"colormap": label_colormap_for(len(clusters.labels)),
-                      "contrast_limits": (-0.5, len(clusters.labels) + 0.5), "opacity": 0.8, "visible": False}))
+        for name, title in (("clusters", "ROI sub-populations"), ("top-concept", "top concept")):
+            item = target_map(results, name)
+            labels = results.on_fsaverage(item.values, labels=True)
+            maps.append((f"{title} on fsaverage", labels.astype(np.float32), labels > 0,
+                         {"colormap": label_colormap_for(len(item.labels)),
+                          "contrast_limits": (-0.5, len(item.labels) + 0.5), "opacity": 0.8, "visible": False}))
     layers, start = [], 0
     for hemi, count in layout.hemispheres.items():
         mesh = display_mesh(hemi, view, layout.mesh, count, layout.freesurfer_dir)
