@@ -246,13 +246,9 @@ def read_store(path: str | Path, *, stimuli: bool = True) -> list[tuple]:
             "features": _label_features(labels),
             "metadata": layer_metadata(results.root, "roi", roi=name, labels={str(k): v for k, v in labels.items()}),
         }, "labels"))
-    if stimuli:
-        try:
-            images = results.images
-        except MineInputError as error:
-            show_warning(f"The stimuli of {results.root.name} are not shown: {error}")
-        else:
-            layers.append(stimulus_layer(images, results.root, space.mask.shape, scale, translate))
+    images = _stimuli(results) if stimuli else None
+    if images is not None:
+        layers.append(stimulus_layer(images, results.root, space.mask.shape, scale, translate))
     return layers
 
 
@@ -384,11 +380,15 @@ def label_colormap_for(n_labels: int):
                     name=f"mine-labels-{n_labels}", display_name="ROI labels")
 
 
+def sulcal_style(depth: np.ndarray) -> dict:
+    """The grey background's style: sulci dark, gyri light, limits symmetric about 0 (robust to outliers)."""
+    limit = 1.5 * float(np.nanpercentile(np.abs(depth), 98)) or 1.0
+    return {"colormap": SULCAL_COLORMAP, "contrast_limits": (-limit, limit)}
+
+
 def surface_layers(results, *, stimuli: bool = True, view: str = DEFAULT_SURFACE_VIEW) -> list[tuple]:
     """Layer tuples of a surface store per hemisphere: sulcal depth, accuracy (or the mask), ROI labels; then the
     stimulus stack beside the cortex."""
-    from napari.utils.notifications import show_warning
-
     from napari_mine.surfaces import sulcal_depth
 
     space = results.space
@@ -412,9 +412,7 @@ def surface_layers(results, *, stimuli: bool = True, view: str = DEFAULT_SURFACE
 
     for hemi, values in depth.items():
         values = np.asarray(values, dtype=np.float32)
-        limit = 1.5 * float(np.nanpercentile(np.abs(values), 98)) or 1.0
-        add(hemi, "anatomy", "sulcal depth", values, np.ones(len(values), bool),
-            {"colormap": SULCAL_COLORMAP, "contrast_limits": (-limit, limit)})
+        add(hemi, "anatomy", "sulcal depth", values, np.ones(len(values), bool), sulcal_style(values))
     if results.has("encoder"):
         accuracy = hemisphere_values(space, results.accuracy["normalized_r"])
         for hemi in layout.hemispheres:
@@ -432,13 +430,9 @@ def surface_layers(results, *, stimuli: bool = True, view: str = DEFAULT_SURFACE
                 {"colormap": label_colormap_for(n_labels), "contrast_limits": (-0.5, n_labels + 0.5),
                  "opacity": 0.5, "visible": name.startswith("floc-")},
                 roi=name, labels={str(k): v for k, v in labels.items()})
-    if stimuli:
-        try:
-            images = results.images
-        except MineInputError as error:
-            show_warning(f"The stimuli of {results.root.name} are not shown: {error}")
-        else:
-            layers.append(stimuli_beside_brain(space, images, results.root))
+    images = _stimuli(results) if stimuli else None
+    if images is not None:
+        layers.append(stimuli_beside_brain(space, images, results.root))
     return layers
 
 
@@ -448,6 +442,17 @@ def cortex_bounds(layout) -> tuple[np.ndarray, np.ndarray]:
     corners = [fn(display_mesh(hemi, view, layout.mesh, count, layout.freesurfer_dir).vertices, axis=0)
                for hemi, count in layout.hemispheres.items() for view in SURFACE_VIEWS for fn in (np.min, np.max)]
     return np.min(corners, axis=0), np.max(corners, axis=0)
+
+
+def _stimuli(results):
+    """The results' stimuli, or None with a warning saying why they cannot be shown."""
+    from napari.utils.notifications import show_warning
+
+    try:
+        return results.images
+    except MineInputError as error:
+        show_warning(f"The stimuli of {results.root.name} are not shown: {error}")
+        return None
 
 
 def projected_layers(results, *, view: str = "inflated") -> list[tuple]:
@@ -474,9 +479,7 @@ def projected_layers(results, *, view: str = "inflated") -> list[tuple]:
     for hemi, count in layout.hemispheres.items():
         mesh = display_mesh(hemi, view, layout.mesh, count, layout.freesurfer_dir)
         depth = sulcal_depth(hemi, layout.freesurfer_dir)[:count]
-        limit = 1.5 * float(np.nanpercentile(np.abs(depth), 98)) or 1.0
-        hemi_maps = [("sulcal depth", depth, np.ones(count, bool), {"colormap": SULCAL_COLORMAP,
-                                                                    "contrast_limits": (-limit, limit)})]
+        hemi_maps = [("sulcal depth", depth, np.ones(count, bool), sulcal_style(depth))]
         hemi_maps += [(name, sites[start:start + count], shown[start:start + count], style)
                       for name, sites, shown, style in maps]
         for name, values, shown, style in hemi_maps:
