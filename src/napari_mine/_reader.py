@@ -246,9 +246,13 @@ def read_store(path: str | Path, *, stimuli: bool = True) -> list[tuple]:
             "features": _label_features(labels),
             "metadata": layer_metadata(results.root, "roi", roi=name, labels={str(k): v for k, v in labels.items()}),
         }, "labels"))
-    images = _stimuli(results) if stimuli else None
-    if images is not None:
-        layers.append(stimulus_layer(images, results.root, space.mask.shape, scale, translate))
+    if stimuli:
+        try:
+            images = results.images
+        except MineInputError as error:
+            show_warning(f"The stimuli of {results.root.name} are not shown: {error}")
+        else:
+            layers.append(stimulus_layer(images, results.root, space.mask.shape, scale, translate))
     return layers
 
 
@@ -380,15 +384,11 @@ def label_colormap_for(n_labels: int):
                     name=f"mine-labels-{n_labels}", display_name="ROI labels")
 
 
-def sulcal_style(depth: np.ndarray) -> dict:
-    """The grey background's style: sulci dark, gyri light, limits symmetric about 0 (robust to outliers)."""
-    limit = 1.5 * float(np.nanpercentile(np.abs(depth), 98)) or 1.0
-    return {"colormap": SULCAL_COLORMAP, "contrast_limits": (-limit, limit)}
-
-
 def surface_layers(results, *, stimuli: bool = True, view: str = DEFAULT_SURFACE_VIEW) -> list[tuple]:
     """Layer tuples of a surface store per hemisphere: sulcal depth, accuracy (or the mask), ROI labels; then the
     stimulus stack beside the cortex."""
+    from napari.utils.notifications import show_warning
+
     from napari_mine.surfaces import sulcal_depth
 
     space = results.space
@@ -412,7 +412,9 @@ def surface_layers(results, *, stimuli: bool = True, view: str = DEFAULT_SURFACE
 
     for hemi, values in depth.items():
         values = np.asarray(values, dtype=np.float32)
-        add(hemi, "anatomy", "sulcal depth", values, np.ones(len(values), bool), sulcal_style(values))
+        limit = 1.5 * float(np.nanpercentile(np.abs(values), 98)) or 1.0
+        add(hemi, "anatomy", "sulcal depth", values, np.ones(len(values), bool),
+            {"colormap": SULCAL_COLORMAP, "contrast_limits": (-limit, limit)})
     if results.has("encoder"):
         accuracy = hemisphere_values(space, results.accuracy["normalized_r"])
         for hemi in layout.hemispheres:
@@ -430,9 +432,13 @@ def surface_layers(results, *, stimuli: bool = True, view: str = DEFAULT_SURFACE
                 {"colormap": label_colormap_for(n_labels), "contrast_limits": (-0.5, n_labels + 0.5),
                  "opacity": 0.5, "visible": name.startswith("floc-")},
                 roi=name, labels={str(k): v for k, v in labels.items()})
-    images = _stimuli(results) if stimuli else None
-    if images is not None:
-        layers.append(stimuli_beside_brain(space, images, results.root))
+    if stimuli:
+        try:
+            images = results.images
+        except MineInputError as error:
+            show_warning(f"The stimuli of {results.root.name} are not shown: {error}")
+        else:
+            layers.append(stimuli_beside_brain(space, images, results.root))
     return layers
 
 
@@ -442,17 +448,6 @@ def cortex_bounds(layout) -> tuple[np.ndarray, np.ndarray]:
     corners = [fn(display_mesh(hemi, view, layout.mesh, count, layout.freesurfer_dir).vertices, axis=0)
                for hemi, count in layout.hemispheres.items() for view in SURFACE_VIEWS for fn in (np.min, np.max)]
     return np.min(corners, axis=0), np.max(corners, axis=0)
-
-
-def _stimuli(results):
-    """The results' stimuli, or None with a warning saying why they cannot be shown."""
-    from napari.utils.notifications import show_warning
-
-    try:
-        return results.images
-    except MineInputError as error:
-        show_warning(f"The stimuli of {results.root.name} are not shown: {error}")
-        return None
 
 
 def projected_layers(results, *, view: str = "inflated") -> list[tuple]:
@@ -479,7 +474,9 @@ def projected_layers(results, *, view: str = "inflated") -> list[tuple]:
     for hemi, count in layout.hemispheres.items():
         mesh = display_mesh(hemi, view, layout.mesh, count, layout.freesurfer_dir)
         depth = sulcal_depth(hemi, layout.freesurfer_dir)[:count]
-        hemi_maps = [("sulcal depth", depth, np.ones(count, bool), sulcal_style(depth))]
+        limit = 1.5 * float(np.nanpercentile(np.abs(depth), 98)) or 1.0
+        hemi_maps = [("sulcal depth", depth, np.ones(count, bool), {"colormap": SULCAL_COLORMAP,
+                                                                    "contrast_limits": (-limit, limit)})]
         hemi_maps += [(name, sites[start:start + count], shown[start:start + count], style)
                       for name, sites, shown, style in maps]
         for name, values, shown, style in hemi_maps:
