@@ -53,8 +53,10 @@ HEAD_GROUP = "category"
 PHRASE_ORDER = ("size", "color", HEAD_GROUP, "position")  # the synthetic world's caption grammar
 POSITION_GROUP = "position"
 OBJECT_GROUPS = ("color",)  # attributes of the whole object, read around the region rather than in it
-VOXEL_CHUNK = 64
-STORE_VOXEL_BLOCK = 2048
+IMAGE_BATCH = 32  # top images whose tokens a profile computation reads at once (ViT-B/16: 0.4 MB each)
+PAIR_BATCH = 4096  # (voxel, top image) pairs whose concept presence is one product: bounds pairs × concepts
+STORE_VOXEL_BLOCK = 8192  # targets per profile block: each reads its top images' tokens once (10,000 images: 4 GB)
+PROFILE_ROWS_PER_CHUNK = 256  # saved profile rows per storage chunk: a row read decompresses 4 MB at 4,086 concepts
 DEFAULT_K_RANGE = (2, 6)
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -300,6 +302,8 @@ class VoxelProfiles:
         The vocabulary's concepts (columns).
     scores : float32 (V, K)
         MINE profile: per-image scores averaged over the top images, weighted by region attribution mass.
+        Saved profiles of many targets keep this and ``baseline`` as zarr arrays, read by rows
+        (``scores[rows]``, ``scores[row]``; see ``Results.saved_profiles``).
     baseline : float32 (V, K)
         Direct projection of each voxel's effective weights on the concepts' text embeddings.
     top_images : int (k, V)
@@ -345,8 +349,10 @@ def voxel_profiles(tokens: np.ndarray, weights: np.ndarray, top: np.ndarray, spa
 
     Parameters
     ----------
-    tokens : float (N, T, D)
-        Token contributions of the images that ``top`` indexes.
+    tokens : float (N, T, D), array-like
+        Token contributions of the images that ``top`` indexes: anything whose ``tokens[rows]`` reads those
+        rows (a numpy or zarr array, a results session's token cache). Each top image is read once, a batch
+        of images at a time.
     weights : float (D, V)
         Effective weights W̃ of the voxels.
     top : int (k, V)
@@ -376,24 +382,71 @@ def voxel_profiles(tokens: np.ndarray, weights: np.ndarray, top: np.ndarray, spa
 
 
 def _mean_region_presence(tokens, weights, top, space: ConceptSpace, mass, n_prefix_tokens):
-    """Mass-weighted mean of max(presence, 0) over each voxel's top images, chunked over voxels."""
-    n_voxels, n_concepts = weights.shape[1], len(space.vocabulary)
-    presence = np.zeros((n_voxels, n_concepts), np.float32)
-    total_mass = np.zeros(n_voxels, np.float32)
-    for start in range(0, n_voxels, VOXEL_CHUNK):
-        chunk = slice(start, min(start + VOXEL_CHUNK, n_voxels))
-        for rank in range(top.shape[0]):
-            patches = np.asarray(tokens[top[rank, chunk]], dtype=np.float32)[:, n_prefix_tokens:]
-            attribution = patch_attribution(patches, weights[:, chunk], paired=True)
-            region = high_attribution_region(attribution, mass)
-            region_mass = np.where(region, attribution, 0).sum(axis=-1)
-            vectors = region_vector(patches, region)
-            present = np.maximum(concept_presence(vectors, space.directions, space.group_columns), 0)
-            presence[chunk] += region_mass[:, None] * present
-            total_mass[chunk] += region_mass
-    mean_presence = np.divide(presence, total_mass[:, None], out=np.zeros_like(presence),
-                              where=total_mass[:, None] > 0)
-    return mean_presence, total_mass / top.shape[0]
+    """Mass-weighted mean of max(presence, 0) over each voxel's top images, a few products per batch of pairs.
+
+    Presence z-scores, within each group, the cosines of a region vector r with the concept directions; the
+    cosine's 1/|r| cancels in the z-score, so presence is r · (u_k − ū_g) over its spread across the group.
+    Both the spread and each pair's weight in the mean (its mass over the voxel's total) are positive scales
+    of a row, so they fold into one scale per (pair, group) applied before the max: the whole computation is
+    one product of the pairs' region vectors with the centred directions, a row scaling, a max and a sum.
+    """
+    vectors, masses = _region_vectors(tokens, weights, top, mass, n_prefix_tokens)
+    n_voxels, n_top = masses.shape
+    total = masses.sum(axis=1)
+    order = np.concatenate(space.group_columns)  # each group's columns contiguous, so a group is a slice
+    directions = space.directions[order]
+    bounds = np.cumsum([0] + [len(group) for group in space.group_columns])
+    for first, last in zip(bounds[:-1], bounds[1:]):
+        directions[first:last] -= directions[first:last].mean(axis=0)
+    share = np.divide(masses, total[:, None], out=np.zeros_like(masses), where=total[:, None] > 0).ravel()
+    presence = np.empty((n_voxels, len(order)), np.float32)
+    step = max(1, PAIR_BATCH // n_top)
+    for start in range(0, n_voxels, step):
+        voxels = slice(start, min(start + step, n_voxels))
+        centred = vectors[voxels].reshape(-1, vectors.shape[-1]) @ directions.T
+        weight = share[voxels.start * n_top:voxels.stop * n_top]
+        for first, last in zip(bounds[:-1], bounds[1:]):
+            group = centred[:, first:last]
+            spread = np.sqrt(np.einsum("pk,pk->p", group, group) / (last - first))
+            group *= np.divide(weight, spread, out=np.zeros_like(spread), where=spread > 0)[:, None]
+        np.maximum(centred, 0, out=centred)
+        presence[voxels, order] = centred.reshape(-1, n_top, len(order)).sum(axis=1)
+    return presence, total / n_top
+
+
+def _region_vectors(tokens, weights, top, mass, n_prefix_tokens) -> tuple[np.ndarray, np.ndarray]:
+    """Region vector (V, k, D) and region mass (V, k) of every voxel on each of its top images.
+
+    Image-major: the top images are read once each, ``IMAGE_BATCH`` at a time, and an image's patches are
+    projected on the weights of all the voxels that have it among their top images (one product per image);
+    the regions of a batch's pairs are then selected at once, and each image's region vectors are one
+    product of its pairs' region masks with its patches. (They are small, and OpenBLAS's threads stall on
+    busy cores, but limiting them is process-wide and its sums depend on the thread count: concurrent Dask
+    tasks would then differ from a serial run in the last bit.)
+    """
+    n_top, n_voxels = top.shape
+    images = top.T.ravel()  # pair p = voxel * n_top + rank
+    order = np.argsort(images, kind="stable")
+    rows, starts = np.unique(images[order], return_index=True)
+    ends = np.append(starts[1:], len(order))
+    voxel_weights = np.ascontiguousarray(weights.T)
+    vectors = np.empty((len(images), weights.shape[0]), np.float32)
+    masses = np.empty(len(images), np.float32)
+    for first in range(0, len(rows), IMAGE_BATCH):
+        batch = slice(first, min(first + IMAGE_BATCH, len(rows)))
+        patches = np.asarray(tokens[rows[batch]], dtype=np.float32)[:, n_prefix_tokens:]
+        offset = starts[batch.start]
+        pairs = order[offset:ends[batch.stop - 1]]
+        spans = list(zip(starts[batch] - offset, ends[batch] - offset))
+        attribution = np.empty((len(pairs), patches.shape[1]), np.float32)
+        for image, (low, high) in enumerate(spans):
+            attribution[low:high] = voxel_weights[pairs[low:high] // n_top] @ patches[image].T
+        region = high_attribution_region(attribution, mass)
+        masses[pairs] = np.where(region, attribution, 0).sum(axis=-1)
+        region = region.astype(np.float32)
+        for image, (low, high) in enumerate(spans):
+            vectors[pairs[low:high]] = region[low:high] @ patches[image]
+    return vectors.reshape(n_voxels, n_top, -1), masses.reshape(n_voxels, n_top)
 
 
 # ----------------------------------------------------------------------------------------------- ROI analysis

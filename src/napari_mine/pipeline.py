@@ -257,6 +257,7 @@ def _saved_roi_profiles(results, profiles, record) -> list[RoiProfile]:
     from napari_mine.describe import Clustering
 
     saved = results.saved_clusters()
+    means = {}  # each ROI's rows read once, not once per label
     by_label = []
     for entry in record["labels"]:
         roi, label = entry["roi"], entry["label"]
@@ -264,7 +265,9 @@ def _saved_roi_profiles(results, profiles, record) -> list[RoiProfile]:
         targets = profiles.voxels[results.space.roi_values(roi)[profiles.voxels] == value]
         clustering = Clustering(saved[label][targets], int(entry["k"]),
                                 {int(k): float(v) for k, v in entry["silhouettes"].items()})
-        by_label.append(RoiProfile(roi, label, results.roi_profiles(profiles, roi)[label], clustering, targets,
+        if roi not in means:
+            means[roi] = results.roi_profiles(profiles, roi)
+        by_label.append(RoiProfile(roi, label, means[roi][label], clustering, targets,
                                    results.root / "clusters" / entry["path"]))
     return by_label
 
@@ -286,20 +289,27 @@ def write_clusters(space, labels: np.ndarray, targets: np.ndarray, folder: Path,
 
 
 def _compute_profiles(store: ResultsStore, results, space, record: dict, client, on_progress, should_stop) -> None:
-    """Fill ``profiles.zarr`` block by block of targets (each block's rows its own storage chunks)."""
+    """Fill ``profiles.zarr`` block by block of targets.
+
+    Storage chunks are ``describe.PROFILE_ROWS_PER_CHUNK`` rows (a block, when smaller), so a viewer reading
+    one target's profile decompresses a few MB rather than a whole block's; a block whose size is a multiple
+    of them writes chunks of its own (others share a chunk with a neighbour, written in turn here).
+    """
+    from napari_mine import describe
     from napari_mine.distributed import profile_block, run_chunks
 
     n_targets, block = results.n_targets, record["block"]
+    rows = min(block, describe.PROFILE_ROWS_PER_CHUNK)
     n_top = min(record["top_k"], results.n_images)
     bounds = [(start, min(start + block, n_targets)) for start in range(0, n_targets, block)]
     with store.resumable_step("profiles", record) as partial:
         group = partial.group
         if "scores" not in group:
             n_concepts = len(space.vocabulary)
-            for name, shape, chunks, dtype in (("scores", (n_targets, n_concepts), (block, n_concepts), "float32"),
-                                               ("baseline", (n_targets, n_concepts), (block, n_concepts), "float32"),
-                                               ("top_images", (n_top, n_targets), (n_top, block), "int64"),
-                                               ("region_mass", (n_targets,), (block,), "float32")):
+            for name, shape, chunks, dtype in (("scores", (n_targets, n_concepts), (rows, n_concepts), "float32"),
+                                               ("baseline", (n_targets, n_concepts), (rows, n_concepts), "float32"),
+                                               ("top_images", (n_top, n_targets), (n_top, rows), "int64"),
+                                               ("region_mass", (n_targets,), (rows,), "float32")):
                 group.create_array(name, shape=shape, chunks=chunks, dtype=dtype)
             write_arrays(group, {"voxels": np.arange(n_targets)})
             group.attrs["concepts"] = list(space.vocabulary.concepts)

@@ -31,6 +31,7 @@ FORMAT = "napari-mine-results"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TOKEN_CACHE_BYTES = 512 * 2**20  # decompressed token chunks kept per session (a slider revisits the same ones)
+SAVED_PROFILES_BYTES = 512 * 2**20  # saved scores + baselines up to this are held in memory, larger read by rows
 CONCEPTS_DIR = "concepts"  # text embeddings of vocabularies by this folder's model (model id, vocabulary digest)
 OPEN_SESSIONS = 4  # read sessions kept by open_results (each holds its weights, features and token chunks)
 READ_WORKERS = 4  # token chunks decompressed at once by target_maps
@@ -698,7 +699,13 @@ class Results:
         return describe_image(tokens, self.weights()[0][:, target], space, **options)
 
     def saved_profiles(self, space):
-        """The profiles step's results when they were computed in ``space``'s vocabulary, else None."""
+        """The profiles step's results when they were computed in ``space``'s vocabulary, else None.
+
+        Scores and baselines (targets × concepts) up to ``SAVED_PROFILES_BYTES`` are read whole, once, so a
+        click reads nothing; larger ones (327,684 vertices × 4,086 concepts: 10.7 GB) stay zarr arrays that
+        ``scores[rows]`` reads by rows, so no query holds them all. Top images, region masses and voxels (a
+        few numbers per target) are read whole.
+        """
         from napari_mine.describe import VoxelProfiles
 
         if not self.has("profiles") or self.manifest.settings("profiles").get("vocabulary_digest") != \
@@ -709,17 +716,17 @@ class Results:
         with self._lock:
             if "profiles" not in self._cache:
                 group = self.group("profiles")
-                arrays = {name: np.asarray(group[name][...])
-                          for name in ("scores", "baseline", "top_images", "region_mass", "voxels")}
+                wide = ("scores", "baseline")
+                by_rows = sum(group[name].nbytes for name in wide) > SAVED_PROFILES_BYTES
+                arrays = {name: group[name] if by_rows and name in wide else np.asarray(group[name][...])
+                          for name in wide + ("top_images", "region_mass", "voxels")}
                 self._cache["profiles"] = VoxelProfiles(tuple(group.attrs["concepts"]), **arrays)
             return self._cache["profiles"]
 
     def profiles(self, space, targets=None, *, top_k: int | None = None, mass: float | None = None,
                  use_saved: bool = True, block: int | None = None):
         """Profiles (VoxelProfiles) of ``targets`` (default all): the saved ones when they cover them, else
-        computed from each target's top images, in blocks that read only their top images' tokens."""
-        import dataclasses
-
+        computed in blocks of targets, each reading its top images' tokens a batch of images at a time."""
         from napari_mine import describe
 
         self.check_model(space.model_id)
@@ -732,30 +739,32 @@ class Results:
                 return describe.VoxelProfiles(saved.concepts, saved.scores[rows], saved.baseline[rows],
                                               saved.top_images[:, rows], saved.region_mass[rows], targets)
         weights, _ = self.weights()
-        options = {"mass": describe.DEFAULT_MASS if mass is None else mass}
+        tokens = _TokenRows(self)
         step = block or describe.STORE_VOXEL_BLOCK
         blocks = []
         for start in range(0, len(targets), step):
             chunk = targets[start:start + step]
             top = describe.top_images(self.predict(chunk), top_k or describe.DEFAULT_TOP_K)
-            rows, local = np.unique(top, return_inverse=True)
-            part = describe.voxel_profiles(self.tokens(rows), weights[:, chunk], local.reshape(top.shape), space,
-                                           voxels=chunk, **options)
-            blocks.append(dataclasses.replace(part, top_images=rows[part.top_images]))
+            blocks.append(describe.voxel_profiles(tokens, weights[:, chunk], top, space, voxels=chunk,
+                                                  mass=describe.DEFAULT_MASS if mass is None else mass))
         return describe.VoxelProfiles(space.vocabulary.concepts, np.concatenate([b.scores for b in blocks]),
                                       np.concatenate([b.baseline for b in blocks]),
                                       np.concatenate([b.top_images for b in blocks], axis=1),
                                       np.concatenate([b.region_mass for b in blocks]), targets)
 
     def roi_profiles(self, profiles, roi: str) -> dict[str, np.ndarray]:
-        """Mean profile of each label of ROI volume ``roi`` (e.g. "floc-faces" → FFA-1, FFA-2, …)."""
+        """Mean profile of each label of ROI volume ``roi`` (e.g. "floc-faces" → FFA-1, FFA-2, …), from the
+        rows of the ROI's targets only."""
         from napari_mine.describe import roi_profiles
 
-        values = self.space.roi_values(roi)
-        return roi_profiles(profiles.scores, values[profiles.voxels], self.space.rois[roi][1])
+        values = self.space.roi_values(roi)[profiles.voxels]
+        names = self.space.rois[roi][1]
+        rows = np.flatnonzero(np.isin(values, list(names)))
+        return roi_profiles(profiles.scores[rows], values[rows], names)
 
     def roi_clusters(self, profiles, roi: str, label: int | str, *, k_range=None, seed: int = 0):
-        """Cluster the profiles of one ROI label's targets: (Clustering, the targets clustered)."""
+        """Cluster the profiles of one ROI label's targets (only their rows are read): (Clustering, the targets
+        clustered)."""
         from napari_mine.describe import DEFAULT_K_RANGE, cluster_voxels
 
         value = self.space.label_value(roi, label)
@@ -814,6 +823,23 @@ class Results:
         return RoiReport(roi, name, int(targets.size), top_concepts(profiles.scores.mean(axis=0), concepts, 10),
                          top_concepts(profiles.baseline.mean(axis=0), concepts, 10), clusters, cluster_profiles,
                          sizes, clustering.silhouettes, space.vocabulary.name)
+
+
+def _read_only(values: np.ndarray) -> np.ndarray:
+    values.flags.writeable = False
+    return values
+
+
+class _TokenRows:
+    """A session's token cache as an array of image rows (``rows[i]``, read through the chunk cache): what
+    ``describe.voxel_profiles`` reads a batch of top images at a time from, so a block of targets never holds
+    all its top images' tokens (10,000 images × 197 × 512 float32: 4 GB) at once."""
+
+    def __init__(self, results: Results):
+        self._results = results
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return self._results.tokens(rows)
 
 
 def _float32_tokens(block: np.ndarray) -> np.ndarray:
