@@ -188,3 +188,29 @@ def fit_synthetic_world():
         return dataset, backbone, store, fit_encoder_step(dataset, store)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def study_world(tmp_path_factory) -> Path:
+    """A synthetic study of 3 subjects in the NSD layout (seed 5, 160 images each of which 40 shared, 60 trials
+    per session, so subj03 completes fewer sessions; each subject its own grid near 36×44×36); read-only."""
+    from napari_mine.synthetic.write_nsd import write_world
+
+    root = tmp_path_factory.mktemp("study") / "world"
+    write_world(root, seed=5, n_images=160, n_shared=40, n_subjects=3, trials_per_session=60,
+                brain_shape=(36, 44, 36), n_general=2600)
+    return root
+
+
+@pytest.fixture(scope="session")
+def fitted_study(study_world) -> Path:
+    """``study_world`` made into a study through the CLI: features of every subject (``--subject all``), fits,
+    and profiles with the place ROIs' analysis, which also compares the subjects and writes the study report.
+    Read-only: copy it before writing into it."""
+    from napari_mine.cli import main
+
+    root = study_world.parent / "study"
+    for argv in (["features", str(study_world), "--subject", "all", "--out", str(root)], ["fit", str(root)],
+                 ["profile", str(root), "--roi", "floc-places"]):
+        assert main(argv) == 0, argv
+    return root.resolve()

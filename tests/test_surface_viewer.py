@@ -290,7 +290,7 @@ def test_editor_draws_every_vertexs_delta_on_both_hemispheres(viewer_with_surfac
     from napari_mine.counterfactual import edit_for_voxel
     from napari_mine.generate import DiffusionGenerator, random_pipeline
     from napari_mine.results import open_results, shared_backbone
-    from napari_mine.validate import open_study
+    from napari_mine.validate import open_workbench
 
     viewer = viewer_with_surface
     _, target = select_vertex(viewer, surface_store, qtbot)
@@ -304,9 +304,9 @@ def test_editor_draws_every_vertexs_delta_on_both_hemispheres(viewer_with_surfac
         editor.run()
     assert blocker.args == ["done"]
     view = open_results(surface_store)
-    study = open_study(view, DiffusionGenerator.load(tmp_path / "sd", steps=2), images=view.images,
+    bench = open_workbench(view, DiffusionGenerator.load(tmp_path / "sd", steps=2), images=view.images,
                        backbone=shared_backbone("mine-small", None, None))
-    expected = view.space.per_hemisphere(view.space.unmask(edit_for_voxel(study, target, editor._target[2],
+    expected = view.space.per_hemisphere(view.space.unmask(edit_for_voxel(bench, target, editor._target[2],
                                                                           "remove").brain_delta))
     deltas = layers_of(viewer, "delta")
     assert {layer.metadata[META]["hemi"] for layer in deltas} == {"lh", "rh"}

@@ -41,7 +41,7 @@ def world(tmp_path_factory, fit_synthetic_world):
 
 
 def study_of(world):
-    return V.open_study(world["results"], world["generator"], world["truth"], backbone=world["backbone"])
+    return V.open_workbench(world["results"], world["generator"], world["truth"], backbone=world["backbone"])
 
 
 def category_voxel(world, category: str) -> int:
@@ -92,21 +92,21 @@ def test_world_validation_gives_the_worlds_generator_and_truth_and_refuses_other
 
 
 def test_the_true_brain_responds_to_the_scenes_the_originals_carry(world, pairs):
-    study = study_of(world)
-    originals = study.originals(pairs["row"])
+    bench = study_of(world)
+    originals = bench.originals(pairs["row"])
     scenes = [world["truth"].scenes[i] for i in world["results"].image_ids[pairs["row"]]]
     assert [edit.scene for edit in originals] == scenes
     assert np.array_equal(images_of(originals), world["generator"].render(scenes))
     expected = world["truth"].true_response(scenes)[np.arange(len(scenes)), pairs["voxel"]]
-    np.testing.assert_allclose(study.true(originals, pairs["voxel"]), expected)
+    np.testing.assert_allclose(bench.true(originals, pairs["voxel"]), expected)
     with pytest.raises(MineInputError, match="responds to scenes"):
-        study.true(as_edits(images_of(originals)), pairs["voxel"])
+        bench.true(as_edits(images_of(originals)), pairs["voxel"])
 
 
 def test_the_prediction_of_a_rendered_original_is_the_stored_prediction(world, pairs):
-    study = study_of(world)
-    np.testing.assert_allclose(study.predict(images_of(study.originals(pairs["row"])), pairs["voxel"]),
-                               study.predicted(pairs["row"], pairs["voxel"]), rtol=1e-3, atol=1e-4)
+    bench = study_of(world)
+    np.testing.assert_allclose(bench.predict(images_of(bench.originals(pairs["row"])), pairs["voxel"]),
+                               bench.predicted(pairs["row"], pairs["voxel"]), rtol=1e-3, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------- experiments
@@ -167,12 +167,12 @@ def test_removal_with_attribution_masks_counts_signs_and_skips(world, pairs):
 
 @pytest.mark.parametrize("source", V.CONCEPT_SOURCES)
 def test_insertion_puts_the_feature_into_the_voxels_low_response_images(world, pairs, source):
-    study = study_of(world)
-    result = V.insertion(study, space=world["space"], concept_source=source, pairs=pairs,
+    bench = study_of(world)
+    result = V.insertion(bench, space=world["space"], concept_source=source, pairs=pairs,
                          n_boot=N_BOOT, seed=SEED)
     n = len(result["row"])
     for voxel, target in zip(result["voxel"], result["target_row"]):
-        predicted = study.features @ study.weights[:, voxel] + study.bias[voxel]
+        predicted = bench.features @ bench.weights[:, voxel] + bench.bias[voxel]
         assert predicted[target] <= np.quantile(predicted, 0.2) + 1e-6
     ids, truth = world["dataset"].images.ids, world["truth"]
     targets = [truth.scenes[ids[row]] for row in result["target_row"]]
@@ -262,7 +262,7 @@ class GreyGenerator(Generator):
 def test_a_store_without_an_encoder_is_refused(world, tmp_path):
     empty = ResultsStore.create(tmp_path / "empty", model=world["backbone"].record, dataset={})
     with pytest.raises(MineInputError, match="no fitted encoder"):
-        V.open_study(empty.results(), world["generator"], backbone=world["backbone"])
+        V.open_workbench(empty.results(), world["generator"], backbone=world["backbone"])
     with pytest.raises(MineInputError, match="no fitted encoder"):
         V.sample_pairs(empty.results())
 
@@ -290,22 +290,22 @@ def test_a_voxel_without_top_images_is_named(world, tmp_path):
 def test_pixel_generators_need_images_and_must_keep_the_size(world, pairs):
     results, backbone = world["results"], world["backbone"]
     with pytest.raises(MineInputError, match="pass images="):
-        V.open_study(results, GreyGenerator(world["root"] / "world"), backbone=backbone)
+        V.open_workbench(results, GreyGenerator(world["root"] / "world"), backbone=backbone)
     with pytest.raises(MineInputError, match="truth"):
-        V.open_study(results, GreyGenerator(world["root"] / "world"), world["truth"], world["dataset"].images,
+        V.open_workbench(results, GreyGenerator(world["root"] / "world"), world["truth"], world["dataset"].images,
                      backbone=backbone)
     shrinking = GreyGenerator(world["root"] / "world", edit_size=100)
     with pytest.raises(MineInputError, match="must keep the size"):
-        V.removal(V.open_study(results, shrinking, images=world["dataset"].images, backbone=backbone), pairs=pairs,
+        V.removal(V.open_workbench(results, shrinking, images=world["dataset"].images, backbone=backbone), pairs=pairs,
                   n_boot=N_BOOT)
-    result = V.removal(V.open_study(results, GreyGenerator(world["root"] / "world"), images=world["dataset"].images,
+    result = V.removal(V.open_workbench(results, GreyGenerator(world["root"] / "world"), images=world["dataset"].images,
                                     backbone=backbone), pairs=pairs, n_boot=N_BOOT)
     assert set(result["summary"]) == {"predicted"} and result["n_skipped"] == 0
 
 
 def test_a_procedural_generator_of_another_size_renders_the_originals_at_its_size(world, pairs):
     small = ProceduralGenerator(world["generator"].scenes, size=96)
-    result = V.removal(V.open_study(world["results"], small, world["truth"], backbone=world["backbone"]), pairs=pairs,
+    result = V.removal(V.open_workbench(world["results"], small, world["truth"], backbone=world["backbone"]), pairs=pairs,
                        n_boot=N_BOOT)
     assert result["original"].shape[1:] == (96, 96, 3) and result["masks"].shape[1:] == (96, 96)
 

@@ -7,7 +7,8 @@ the job again and closes the viewer while it runs, inside napari's event loop, a
 One more scenario is the reported abort itself: every dock busy, the viewer closed, the script ended (no event
 loop). The tests assert exit 0, that the closes happened mid-job, and that the results folder holds what it
 held: the same manifest, no ``.*.tmp`` left aside. Job functions are slowed (a sleep before them) so that
-each close surely finds its job running; the Fit job is closed while it writes its features.
+each close surely finds its job running; the Fit job's features are held until the close starts, so it is
+closed while it writes them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ DOCKS = ("Data and model", "Fit", "Voxel inspector", "ROI explorer", "Counterfac
 SCENARIO = r'''
 import functools
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -48,6 +50,8 @@ from napari_mine._widgets import _common, _data, _editor, _inspector, _roi
 name, results, world, fresh = sys.argv[1:5]
 NAMES = ("Data and model", "Fit", "Voxel inspector", "ROI explorer", "Counterfactual editor")
 SLOW_S = 1.5
+CLOSING = threading.Event()  # set just before the dock or the viewer is closed
+HOLD_S = 60
 
 
 def slow(function):
@@ -55,6 +59,17 @@ def slow(function):
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         time.sleep(SLOW_S)
+        return function(*args, **kwargs)
+    return wrapper
+
+
+def held(function):
+    """The function held until the close starts: the features being written when the Fit job is closed, however
+    long the viewer takes to start its event loop (a fixed sleep lost that race on a loaded machine: the one
+    chunk of features was written and the step recorded before the close)."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        CLOSING.wait(HOLD_S)
         return function(*args, **kwargs)
     return wrapper
 
@@ -87,7 +102,7 @@ _inspector.inspect_voxel = slow(_inspector.inspect_voxel)
 _roi.analyse_roi = slow(_roi.analyse_roi)
 import napari_mine.distributed as distributed
 
-distributed._decompose_into = slow(distributed._decompose_into)  # features still in flight when the viewer closes
+distributed._decompose_into = held(distributed._decompose_into)  # features still in flight when the viewer closes
 _editor.shared_generator = slow(_editor.shared_generator)
 _data.open_results = slow(_data.open_results)
 viewer = napari.Viewer(show=True)
@@ -142,6 +157,7 @@ if name == "all":  # every dock busy, the viewer closed at once and the script e
             start(widget, other)
     print("VIEWER CLOSED MID-JOB", ", ".join(sorted(job.name for widget in docks.values()
                                                     for job in _common.dock_jobs(widget))), flush=True)
+    CLOSING.set()
     viewer.close()
     sys.exit(0)
 
@@ -151,6 +167,7 @@ mid_job = start(widget, name)
 wait_until(mid_job, "the job to run")
 job = max(_common.dock_jobs(widget), key=lambda job: job.name != "list_rois")
 n_layers = len(viewer.layers)
+CLOSING.set()
 viewer.window.remove_dock_widget(widget)
 assert not _common.dock_jobs(widget), "the removed dock's jobs were not stopped"
 assert job.ended.is_set(), "the removed dock's job was still running"
@@ -159,6 +176,7 @@ while time.monotonic() < deadline:
     QApplication.processEvents()
 assert len(viewer.layers) == n_layers, "a job of the removed dock added layers"
 print("DOCK CLOSED MID-JOB", job.name, flush=True)
+CLOSING.clear()
 
 # 2. dock it again, start the job, close the viewer while it runs (in napari's event loop), exit
 widget = dock(name)
@@ -168,6 +186,7 @@ mid_job = start(widget, name)
 def close_when_running():
     if mid_job():
         print("VIEWER CLOSED MID-JOB", ", ".join(job.name for job in running(widget)), flush=True)
+        CLOSING.set()
         viewer.close()
     else:
         QTimer.singleShot(5, close_when_running)

@@ -552,15 +552,15 @@ def open_editor(viewer, qtbot):
     return editor
 
 
-def editor_study(fitted_store, world):
-    """The study the editor builds for the synthetic world (procedural generator and true brain)."""
+def editor_workbench(fitted_store, world):
+    """The workbench the editor builds for the synthetic world (procedural generator and true brain)."""
     from napari_mine.results import shared_backbone
     from napari_mine.generate import ProceduralGenerator
     from napari_mine.store import ResultsStore
     from napari_mine.synthetic.truth import load_truth
-    from napari_mine.validate import open_study
+    from napari_mine.validate import open_workbench
 
-    return open_study(ResultsStore.open(fitted_store).results(), ProceduralGenerator.from_world(world),
+    return open_workbench(ResultsStore.open(fitted_store).results(), ProceduralGenerator.from_world(world),
                       load_truth(world), backbone=shared_backbone("mine-small", None, None))
 
 
@@ -578,8 +578,8 @@ def test_editor_removes_the_driving_feature_then_a_cancelled_edit_adds_nothing(v
     with qtbot.waitSignal(editor.job_finished, timeout=TIMEOUT_MS) as blocker:
         editor.run()
     assert blocker.args == ["done"]
-    study = editor_study(fitted_store, tiny_world)
-    expected = edit_for_voxel(study, voxel, row, "remove")
+    bench = editor_workbench(fitted_store, tiny_world)
+    expected = edit_for_voxel(bench, voxel, row, "remove")
     assert f"Δ = {expected.delta:+.3f}" in editor.delta.text() and expected.delta < 0
     assert f"True simulated brain: Δ = {expected.true_delta:+.3f}" in editor.delta.text()
     edited, stimuli = layer_of(viewer, "edit"), layer_of(viewer, "stimuli")
@@ -605,7 +605,7 @@ def test_editor_removes_the_driving_feature_then_a_cancelled_edit_adds_nothing(v
     with qtbot.waitSignal(editor.job_finished, timeout=TIMEOUT_MS) as blocker:
         editor.run()
     assert blocker.args == ["done"] and len(viewer.layers) == n_layers
-    regenerated = edit_for_voxel(study, voxel, row, "regenerate")
+    regenerated = edit_for_voxel(bench, voxel, row, "regenerate")
     assert f"regenerated from “{regenerated.text}”" in editor.delta.text()
     np.testing.assert_array_equal(edited.data[0], regenerated.edited)
 
@@ -628,7 +628,7 @@ def test_editor_inserts_a_concept_picked_from_the_voxels_profile(viewer_with_sto
     with qtbot.waitSignal(editor.job_finished, timeout=TIMEOUT_MS) as blocker:
         editor.run()
     assert blocker.args == ["done"]
-    expected = edit_for_voxel(editor_study(fitted_store, tiny_world), voxel, row, "insert", concept=suggested[1])
+    expected = edit_for_voxel(editor_workbench(fitted_store, tiny_world), voxel, row, "insert", concept=suggested[1])
     assert f"Δ = {expected.delta:+.3f}" in editor.delta.text()
     assert f"inserted “{suggested[1]}”" in editor.delta.text()
     edited = layer_of(viewer, "edit")
@@ -645,7 +645,7 @@ def test_a_failing_generator_is_reported_and_the_editor_keeps_working_with_diffu
     from napari_mine.results import open_results, shared_backbone
     from napari_mine.counterfactual import edit_for_voxel
     from napari_mine.generate import DiffusionGenerator, random_pipeline
-    from napari_mine.validate import open_study
+    from napari_mine.validate import open_workbench
 
     viewer = viewer_with_store
     voxel, row = select_voxel_and_top_image(viewer, fitted_store, qtbot)
@@ -666,9 +666,9 @@ def test_a_failing_generator_is_reported_and_the_editor_keeps_working_with_diffu
         editor.run()
     assert blocker.args == ["done"]
     view = open_results(fitted_store)
-    study = open_study(view, DiffusionGenerator.load(tmp_path / "sd", steps=2), images=view.images,
+    bench = open_workbench(view, DiffusionGenerator.load(tmp_path / "sd", steps=2), images=view.images,
                        backbone=shared_backbone("mine-small", None, None))
-    expected = edit_for_voxel(study, voxel, row, "remove")
+    expected = edit_for_voxel(bench, voxel, row, "remove")
     shown = float(re.search(r"Δ = ([+-][0-9.]+)", editor.delta.text()).group(1))
     assert shown == pytest.approx(expected.delta, abs=2e-3)
     edited, stimuli = layer_of(viewer, "edit"), layer_of(viewer, "stimuli")

@@ -176,14 +176,19 @@ def _lazy_volumes(image, path: Path):
 
 # ---- results store ------------------------------------------------------------------------------------
 def get_store_reader(path):
-    """npe2 reader hook: a reader for a MINE results folder (one holding a napari-mine manifest.json)."""
+    """npe2 reader hook: a reader for a MINE results folder (one holding a napari-mine manifest.json) or a study
+    of several subjects (a folder holding study.json)."""
+    from napari_mine.study import STUDY_MANIFEST
+
     if isinstance(path, list):
         if len(path) != 1:
             return None
         path = path[0]
     path = Path(path)
-    if path.name == "manifest.json":
+    if path.name in ("manifest.json", STUDY_MANIFEST):
         path = path.parent
+    if (path / STUDY_MANIFEST).is_file():
+        return _read_study_path
     if not (path / "manifest.json").is_file():
         return None
     return _read_store_path
@@ -192,6 +197,33 @@ def get_store_reader(path):
 def _read_store_path(path) -> list[tuple]:
     path = Path(path[0] if isinstance(path, list) else path)
     return read_store(path.parent if path.name == "manifest.json" else path)
+
+
+def _read_study_path(path) -> list[tuple]:
+    from napari_mine.study import STUDY_MANIFEST
+
+    path = Path(path[0] if isinstance(path, list) else path)
+    return read_study(path.parent if path.name == STUDY_MANIFEST else path)
+
+
+def read_study(path: str | Path, *, stimuli: bool = True) -> list[tuple]:
+    """Layer tuples of every subject of a study, subject after subject: each subject's :func:`read_store` layers,
+    named ``subj01 · …``, their metadata naming the subject's store, the study and the subject.
+
+    Each subject keeps its own stimulus stack: a subject's rows are its own images, and a grid cell per subject
+    (the docks turn napari's grid mode on for a study) then shows that subject's brain and stimuli together.
+    """
+    from napari_mine.study import Study
+
+    study = Study.open(path)
+    root = str(study.root.resolve())
+    layers = []
+    for subject in study.subjects:
+        folder = study.manifest.subjects[subject]
+        for data, kwargs, kind in read_store(study.subject_root(subject), stimuli=stimuli):
+            metadata = {**kwargs["metadata"], META: {**kwargs["metadata"][META], "study": root, "subject": subject}}
+            layers.append((data, {**kwargs, "name": f"{folder} · {kwargs['name']}", "metadata": metadata}, kind))
+    return layers
 
 
 def layer_metadata(store_root, role: str, **extra) -> dict:
@@ -266,22 +298,59 @@ def stimuli_beside_brain(space, images, store_root) -> tuple:
     return stimulus_layer(images, store_root, space.mask.shape, scale, translate)
 
 
+class StimulusStack:
+    """The stimulus images as a lazy ``(image, 1, H, W, 3)`` uint8 array: indexing reads only the images it
+    names (one for a slider position). A plain array-like rather than a dask array: dask's graph and scheduler
+    cost several times the ~1 ms that reading one image takes, on every slider step."""
+
+    def __init__(self, images, image_shape):
+        self.images = images
+        self.shape = (len(images), 1, *image_shape, 3)
+        self.dtype = np.dtype(np.uint8)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"StimulusStack({self.images!r}, shape={self.shape})"
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            at = next(i for i, k in enumerate(key) if k is Ellipsis)
+            key = key[:at] + (slice(None),) * (self.ndim - len(key) + 1) + key[at + 1:]
+        first, rest = (key[0], key[1:]) if key else (slice(None), ())
+        if isinstance(first, (int, np.integer)):
+            row = int(first) + (self.shape[0] if first < 0 else 0)
+            if not 0 <= row < self.shape[0]:
+                raise IndexError(f"image {first} out of range for {self.shape[0]} images")
+            return self._read(row)[None][(0,) + rest]
+        rows = np.arange(self.shape[0])[first]
+        stack = np.stack([self._read(int(r)) for r in rows]) if rows.size else np.empty((0,) + self.shape[1:], np.uint8)
+        return stack[(slice(None),) + rest]
+
+    def _read(self, row: int) -> np.ndarray:
+        return np.asarray(self.images[row], dtype=np.uint8)[None]
+
+    def __array__(self, dtype=None, copy=None):
+        array = self[:]
+        return array if dtype is None else array.astype(dtype)
+
+
 def stimulus_layer(images, store_root, brain_shape, scale, translate) -> tuple:
     """The stimulus stack as a lazy ``(image, 1, H, W, 3)`` Image layer placed beside the brain slice."""
-    import dask.array as da
-
     first = images[0]
     height, width = first.shape[:2]
     n_images = len(images)
-
-    def read_block(block_info=None):
-        index = block_info[None]["chunk-location"][0]
-        return np.asarray(images[index], dtype=np.uint8)[None, None]
-
-    data = da.map_blocks(
-        read_block, chunks=((1,) * n_images, (1,), (height,), (width,), (3,)), dtype=np.uint8,
-        meta=np.empty((0, 0, 0, 0, 0), np.uint8),
-    )
+    data = StimulusStack(images, (height, width))
     stim_scale, stim_translate = stimulus_placement(brain_shape, scale, translate, (height, width))
     return (data, {
         "name": "stimuli", "rgb": True, "scale": stim_scale, "translate": stim_translate,

@@ -66,11 +66,15 @@ def _concept_space(results, vocabulary: str | None, checkpoint: str | None):
     return space
 
 
-def _load_dataset(path: str, layout: str, subject: int, space: str = "volume"):
+def _load_dataset(path: str, layout: str, subject: int, space: str = "volume", sessions: int | None = None):
     from napari_mine.data import load_generic, load_generic_surface, load_nsd, load_nsd_surface
 
     if layout == "nsd" or (layout == "auto" and _looks_like_nsd(Path(path))):
-        return load_nsd_surface(path, subject=subject) if space == "fsaverage" else load_nsd(path, subject=subject)
+        chosen = None if sessions is None else range(1, sessions + 1)
+        loader = load_nsd_surface if space == "fsaverage" else load_nsd
+        return loader(path, subject=subject, sessions=chosen)
+    if sessions is not None:
+        raise MineInputError("--sessions counts NSD sessions; a generic folder has none (leave --sessions out).")
     return load_generic_surface(path) if space == "fsaverage" else load_generic(path)
 
 
@@ -81,16 +85,25 @@ def _looks_like_nsd(path: Path) -> bool:
 def cmd_world(args) -> None:
     from napari_mine.synthetic.write_nsd import write_world
 
-    info = write_world(args.out, seed=args.seed, n_images=args.images, space=args.space)
-    print(f"wrote a synthetic world in the NSD layout to {args.out} ({info})")
+    info = write_world(args.out, seed=args.seed, n_images=args.images, n_subjects=args.subjects, space=args.space)
+    print(f"wrote a synthetic world in the NSD layout to {args.out}: {info.n_subjects} subject(s), {info.n_images} "
+          f"images each ({info.n_shared} shared), {info.n_stimuli} stimuli, space {info.space}")
+    for subject in info.subjects:
+        surface = f", {subject.n_vertices} vertices" if subject.n_vertices else ""
+        print(f"  subj{subject.subject:02d}: {subject.n_sessions} sessions, {subject.n_trials} trials, "
+              f"{subject.n_images_shown} images shown, {subject.n_voxels} voxels on a {subject.shape} grid{surface}")
 
 
 def cmd_features(args) -> None:
     from napari_mine.models.backbone import load_backbone
     from napari_mine.pipeline import compute_features
     from napari_mine.store import ResultsStore
+    from napari_mine.study import parse_subjects
 
-    dataset = _load_dataset(args.data, args.layout, args.subject, args.space)
+    subjects = parse_subjects(args.subject)
+    if subjects == "all" or len(subjects) > 1:
+        return _study_features(args, subjects)
+    dataset = _load_dataset(args.data, args.layout, subjects[0], args.space, args.sessions)
     backbone = load_backbone(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, device=args.device)
     with _dask_client(args.dask, "decomposing") as client:
         store = ResultsStore.create(args.out, model=backbone.record, dataset=dataset.source,
@@ -101,17 +114,61 @@ def cmd_features(args) -> None:
     print(f"features and token contributions of {n} images written to {store.root}")
 
 
+def _study_features(args, subjects) -> None:
+    """``features --subject 1 2 5`` (or all): one study folder, every unique stimulus decomposed once."""
+    from napari_mine.data.nsd import nsd_study_subjects
+    from napari_mine.models.backbone import load_backbone
+    from napari_mine.study_steps import compute_study_features
+
+    if args.layout == "generic" or not _looks_like_nsd(Path(args.data)):
+        raise MineInputError(f"--subject with several subjects needs an NSD root (with nsd_expdesign.mat); {args.data} "
+                             "is not one.")
+    subjects = nsd_study_subjects(args.data, subjects, args.space)
+    backbone = load_backbone(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, device=args.device)
+
+    def load(subject: int):
+        print(f"loading subj{subject:02d}", file=sys.stderr)
+        try:
+            return _load_dataset(args.data, "nsd", subject, args.space, args.sessions)
+        except MineInputError as error:
+            raise MineInputError(f"subj{subject:02d}: {error}") from None
+
+    with _dask_client(args.dask, "decomposing") as client:
+        counts = compute_study_features(load, subjects, backbone, args.out, space=args.space,
+                                        batch_size=args.batch_size, client=client, checkpoint=args.checkpoint,
+                                        token_dtype=args.token_dtype, on_progress=_progress("features", "image"),
+                                        force=args.force)
+    print(f"study of {len(subjects)} subjects in {args.out}: {counts['images_decomposed']} unique images decomposed "
+          f"for {counts['images_summed_over_subjects']} subject images")
+
+
 def cmd_fit(args) -> None:
     from napari_mine.pipeline import fit_encoder_step
     from napari_mine.results import Results
     from napari_mine.store import ResultsStore
+    from napari_mine.study import is_study
 
+    if is_study(args.results):
+        return _study_fit(args)
     dataset = Results.open(args.results).dataset()
-    summary = fit_encoder_step(dataset, ResultsStore.open(args.results), on_progress=_progress("fit", "voxel"))
+    _print_fit(fit_encoder_step(dataset, ResultsStore.open(args.results), on_progress=_progress("fit", "voxel")))
+
+
+def _print_fit(summary: dict, prefix: str = "") -> None:
     with_ceiling = summary["median_nc_r_all"] is not None
     measure, key = ("noise-ceiling-normalised r", "median_nc_r_by_roi") if with_ceiling else ("r", "median_r_by_roi")
     for name, value in summary[key].items():
-        print(f"{name:>12}: median {measure} = {value:.3f}" if value is not None else f"{name:>12}: no finite value")
+        name = f"{prefix}{name}"
+        print(f"{name:>18}: median {measure} = {value:.3f}" if value is not None else f"{name:>18}: no finite value")
+
+
+def _study_fit(args) -> None:
+    from napari_mine.study_steps import fit_study
+
+    with _dask_client(args.dask, "fitting the subjects") as client:
+        summaries = fit_study(args.results, client=client, on_progress=_progress("fit", "subject"))
+    for subject, summary in summaries.items():
+        _print_fit(summary, prefix=f"subj{subject:02d} ")
 
 
 def cmd_attribute(args) -> None:
@@ -145,22 +202,57 @@ def cmd_profile(args) -> None:
     from napari_mine.results import Results
     from napari_mine.store import ResultsStore
 
-    space = _concept_space(Results.open(args.results), args.vocabulary, args.checkpoint)
-    store = ResultsStore.open(args.results)
+    from napari_mine.study import Study, is_study
+
+    folders = [r.root for _, r in Study.open(args.results).items()] if is_study(args.results) else [args.results]
+    space = _concept_space(Results.open(folders[0]), args.vocabulary, args.checkpoint)
     with _dask_client(args.dask, "profiling") as client:
-        profiles, by_label = profile_step(store, space, top_k=args.top_k, rois=args.roi or None, client=client,
-                                          on_progress=_progress("profiles", "target"), force=args.force)
-    print(f"profiles of {len(profiles.voxels)} voxels written to {store.root / 'profiles.zarr'}")
-    for roi in by_label:
-        concepts = ", ".join(f"{c} ({v:.2f})" for c, v in top_concepts(roi.profile, profiles.concepts, 3))
-        print(f"{roi.label:>10}: {concepts}; {roi.clustering.k} sub-populations -> {roi.path}")
+        for folder in folders:
+            store = ResultsStore.open(folder)
+            profiles, by_label = profile_step(store, space, top_k=args.top_k, rois=args.roi or None, seed=args.seed,
+                                              client=client,
+                                              on_progress=_progress(f"profiles {store.root.name}", "target"),
+                                              force=args.force)
+            print(f"profiles of {len(profiles.voxels)} voxels written to {store.root / 'profiles.zarr'}")
+            for roi in by_label:
+                concepts = ", ".join(f"{c} ({v:.2f})" for c, v in top_concepts(roi.profile, profiles.concepts, 3))
+                print(f"{roi.label:>10}: {concepts}; {roi.clustering.k} sub-populations -> {roi.path}")
+    if is_study(args.results):
+        _compare_subjects(args.results, space, args.seed)
+
+
+def _compare_subjects(root, space, seed: int) -> None:
+    """A study's profiles compared between subjects on their shared images, and the study's report."""
+    from napari_mine.across_subjects import compare_subjects
+    from napari_mine.report_study import write_study_report
+
+    section = compare_subjects(root, space, seed=seed, on_progress=_progress("comparison", "subject"))
+    print(f"subjects compared on {section['n_shared_images']} shared images: mean ROI profile agreement "
+          f"{_number(section['mean_agreement'])}, sub-populations recurring in {_number(section['recurrence_rate'])} "
+          f"of ROI pairs, description consistency {_number(section['mean_description_consistency'])}")
+    print(f"study report: {write_study_report(root)}")
+
+
+def _number(value) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 def cmd_validate(args) -> None:
+    from napari_mine.study import Study, is_study
+
+    if is_study(args.results):
+        for _, subject in Study.open(args.results).items():
+            print(f"{subject.root.name}:")
+            _validate_folder(args, subject.root)
+        return
+    _validate_folder(args, args.results)
+
+
+def _validate_folder(args, folder) -> None:
     from napari_mine.pipeline import validate_step
     from napari_mine.results import Results
 
-    results = Results.open(args.results)
+    results = Results.open(folder)
     generator = None
     if args.generator == "diffusers":
         from napari_mine.generate import DiffusionGenerator
@@ -217,8 +309,23 @@ def cmd_view(args) -> None:
 def cmd_demo(args) -> None:
     from napari_mine.demo import run_demo
 
+    if args.subjects > 1:
+        return _study_demo(args)
     summary_path = run_demo(args.out, seed=args.seed, n_images=args.images, space=args.space, log=print)
     print(f"demo finished: {Path(args.out) / 'report.html'} and {summary_path}")
+    if args.view:
+        from napari_mine.viewer import view_results
+
+        view_results(args.out)
+
+
+def _study_demo(args) -> None:
+    from napari_mine.demo_study import run_study_demo
+
+    with _dask_client(args.dask, "fitting the subjects") as client:
+        summary_path = run_study_demo(args.out, n_subjects=args.subjects, seed=args.seed, n_images=args.images,
+                                      space=args.space, client=client, log=print)
+    print(f"study demo finished: {Path(args.out) / 'report.html'} and {summary_path}")
     if args.view:
         from napari_mine.viewer import view_results
 
@@ -245,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     world = commands.add_parser("world", help="write a synthetic ground-truth world in the NSD layout")
     world.add_argument("out")
     world.add_argument("--seed", type=int, default=0)
-    world.add_argument("--images", type=int, default=2500)
+    world.add_argument("--images", type=int, default=2500, help="images per subject")
+    world.add_argument("--subjects", type=int, default=1,
+                       help="subjects of a study (NSD has 8): all see the shared images, each its own as well")
     world.add_argument("--space", choices=SPACES, default="volume",
                        help="fsaverage: write the same subject on fsaverage5 too (NSD's surface betas, labels and "
                             "volume-to-surface transforms)")
@@ -255,7 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("data", help="an NSD root folder or a generic folder (images + responses + table)")
     features.add_argument("--out", required=True, help="the results folder to create or add to")
     features.add_argument("--layout", choices=["auto", "nsd", "generic"], default="auto")
-    features.add_argument("--subject", type=int, default=1)
+    features.add_argument("--subject", nargs="+", default=["1"], metavar="N",
+                          help="NSD subject number(s), or all: several subjects make a study folder whose unique "
+                               "images are decomposed once")
+    features.add_argument("--sessions", type=int, default=None, metavar="N",
+                          help="use each subject's first N sessions (default: every session found)")
     features.add_argument("--space", choices=SPACES, default="volume",
                           help="volume (voxels, the default) or fsaverage (vertices of both hemispheres: NSD's "
                                "{lh,rh}.betas_sessionNN.mgh, or a generic folder's per-vertex responses)")
@@ -274,7 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     features.set_defaults(run=cmd_features)
 
     fit = commands.add_parser("fit", help="fit the voxelwise ridge encoder and score it against the noise ceiling")
-    fit.add_argument("results")
+    fit.add_argument("results", help="a results folder, or a study folder (every subject is fitted)")
+    fit.add_argument("--dask", default=None, metavar="ADDRESS",
+                     help="fit a study's subjects in parallel on a Dask cluster: a scheduler address or 'local'")
     fit.set_defaults(run=cmd_fit)
 
     attribute = commands.add_parser("attribute", help="exact patch attribution of one (image, voxel)")
@@ -295,18 +410,19 @@ def build_parser() -> argparse.ArgumentParser:
     describe.set_defaults(run=cmd_describe)
 
     profile = commands.add_parser("profile", help="per-voxel concept profiles, ROI profiles and sub-populations")
-    profile.add_argument("results")
+    profile.add_argument("results", help="a results folder, or a study folder (every subject is profiled)")
     profile.add_argument("--vocabulary", default="synthetic", help=vocabulary_help)
     profile.add_argument("--top-k", type=int, default=20, help="top images per voxel")
     profile.add_argument("--roi", nargs="*", default=None,
                          help="ROI volumes to profile and cluster (default: the category ROIs these results have)")
     profile.add_argument("--checkpoint", default=None)
+    profile.add_argument("--seed", type=int, default=0, help="seeds the clustering and a study's bootstrap CIs")
     profile.add_argument("--dask", default=None, metavar="ADDRESS", help=DASK_HELP.format(what="target blocks"))
     profile.add_argument("--force", action="store_true", help=FORCE_HELP)
     profile.set_defaults(run=cmd_profile)
 
     validate = commands.add_parser("validate", help="causal validation: generation from descriptions, edits")
-    validate.add_argument("results")
+    validate.add_argument("results", help="a results folder, or a study folder (every subject is validated)")
     validate.add_argument("--generator", choices=["procedural", "diffusers"], default="procedural",
                           help="procedural: the synthetic world's renderer (scores the true brain too)")
     validate.add_argument("--model", default=None, help="diffusers text-to-image model id or local folder")
@@ -362,6 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--space", choices=SPACES, default="volume",
                       help="volume (the default) or fsaverage: the same world's subject on the cortex, every step "
                            "on vertices")
+    demo.add_argument("--subjects", type=int, default=1,
+                      help="several subjects: a synthetic study, compared across subjects on their shared images")
+    demo.add_argument("--dask", default=None, metavar="ADDRESS",
+                      help="fit a study's subjects in parallel on a Dask cluster: a scheduler address or 'local'")
     demo.add_argument("--view", action="store_true", help="open the results in napari afterwards")
     demo.set_defaults(run=cmd_demo)
     return parser
@@ -376,6 +496,8 @@ def _show_notes() -> None:
         handler.napari_mine_cli = True
         package.addHandler(handler)
         package.setLevel(logging.INFO)
+        # open_clip logs through the root logger, whose implicit basicConfig would print every note twice
+        logging.getLogger().addHandler(logging.NullHandler())
 
 
 def main(argv: list[str] | None = None) -> int:

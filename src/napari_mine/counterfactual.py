@@ -3,7 +3,7 @@
 Validation scores edits over many (voxel, image) pairs; a researcher looking at one voxel on one image asks
 the same question once — remove what drives the voxel here, put a concept there, or regenerate the image
 from MINE's description of it — and wants to see the edit and how the voxel's predicted response, and every
-other voxel's, changes. The pieces are validation's (the study, the attribution mask cut to the map's peak,
+other voxel's, changes. The pieces are validation's (the workbench, the attribution mask cut to the map's peak,
 the per-pair seed), so a removal seen in the viewer is the removal validation scores for that pair.
 """
 
@@ -45,7 +45,7 @@ class Counterfactual:
         return float(self.brain_delta[self.voxel])
 
 
-def edit_for_voxel(study, voxel: int, row: int, action: str, *, concept: str | None = None, space=None,
+def edit_for_voxel(bench, voxel: int, row: int, action: str, *, concept: str | None = None, space=None,
                    mask_fraction: float | None = None, seed: int = 0, on_progress=None,
                    should_stop=None) -> Counterfactual:
     """Edit image ``row`` for ``voxel`` and predict every voxel's response to the original and the edit.
@@ -57,8 +57,8 @@ def edit_for_voxel(study, voxel: int, row: int, action: str, *, concept: str | N
 
     Parameters
     ----------
-    study : validate.Study
-        From :func:`napari_mine.validate.open_study` (a truth there adds the true brain's Δ).
+    bench : validate.Workbench
+        From :func:`napari_mine.validate.open_workbench` (a truth there adds the true brain's Δ).
     voxel, row : int
         Encoder column and feature row.
     action : {"remove", "insert", "regenerate"}
@@ -85,20 +85,20 @@ def edit_for_voxel(study, voxel: int, row: int, action: str, *, concept: str | N
 
     if action not in ACTIONS:
         raise MineInputError(f"Unknown edit {action!r}; use one of {', '.join(ACTIONS)}.")
-    n_rows, n_voxels = len(study.features), study.weights.shape[1]
+    n_rows, n_voxels = len(bench.features), bench.weights.shape[1]
     if not (0 <= voxel < n_voxels and 0 <= row < n_rows):
         raise MineInputError(f"Voxel {voxel} or image {row} is not in these results; choose a voxel in "
                              f"0..{n_voxels - 1} and an image in 0..{n_rows - 1}.")
     text = (concept or "").strip() if action == "insert" else ""
     if action == "insert" and not text:
         raise MineInputError("An insertion needs a concept; type one or pick one from the voxel's profile.")
-    generator, weight = study.generator, study.weights[:, voxel]
-    tokens = study.tokens([row])[0]
-    original = study.originals([row])[0]  # an Edit: the image as the generator sees it (and its scene)
+    generator, weight = bench.generator, bench.weights[:, voxel]
+    tokens = bench.tokens([row])[0]
+    original = bench.originals([row])[0]  # an Edit: the image as the generator sees it (and its scene)
     progress = {"on_progress": on_progress, "should_stop": should_stop}
     mask = None
     if action == "regenerate":
-        text = describe_image(tokens, weight, checked_space(study, space)).text
+        text = describe_image(tokens, weight, checked_space(bench, space)).text
         if not text:
             raise MineInputError(f"No patch of image {row} raises voxel {voxel}'s response, so there is no "
                                  "description to regenerate from; choose one of the voxel's top images.")
@@ -106,18 +106,18 @@ def edit_for_voxel(study, voxel: int, row: int, action: str, *, concept: str | N
     else:
         fraction = MASK_FRACTION[action] if mask_fraction is None else mask_fraction
         grid = to_patch_grid(patch_attribution(tokens, weight))
-        mask = attribution_masks(study, grid[None], fraction, 0, 0)[0]
+        mask = attribution_masks(bench, grid[None], fraction, 0, 0)[0]
         image_seed = image_seeds(seed, 1)[0]
         if action == "remove":
             edited = generator.remove([original], mask[None], seed=image_seed, **progress)[0]
         else:
             edited = generator.insert([original], mask[None], [text], seed=image_seed, **progress)[0]
     stop_if_asked(should_stop)
-    embeddings = study.backbone.encode_image(np.stack([original.image, edited.image])).float().cpu().numpy()
-    responses = (embeddings @ study.weights + study.bias).astype(np.float32)
+    embeddings = bench.backbone.encode_image(np.stack([original.image, edited.image])).float().cpu().numpy()
+    responses = (embeddings @ bench.weights + bench.bias).astype(np.float32)
     true_delta = None
-    if study.truth is not None:
-        true = study.true([original, edited], np.array([voxel, voxel]))
+    if bench.truth is not None:
+        true = bench.true([original, edited], np.array([voxel, voxel]))
         true_delta = float(true[1] - true[0])
     return Counterfactual(int(voxel), int(row), action, text, original.image, np.asarray(edited.image, np.uint8),
                           mask, responses, true_delta)

@@ -124,7 +124,8 @@ def interpret(store, dataset, backbone, world: Path, *, seed: int = 0) -> list[t
     voxel_charts = {f"{roi} voxel {voxel}": profiles.ranked(int(np.flatnonzero(profiles.voxels == voxel)[0]), 6)
                     for roi, voxel in examples.items()}
 
-    for key, value in score_interpretation(results, dataset, load_truth(world), backbone, seed=seed).items():
+    truth = load_truth(world, int(dataset.source.get("subject", 1)))
+    for key, value in score_interpretation(results, dataset, truth, backbone, seed=seed).items():
         store.update_summary(key, value)
     return [
         ("Exact attribution on each ROI's top images",

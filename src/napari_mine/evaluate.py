@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from napari_mine.errors import MineInputError
+from napari_mine.store import write_json_atomic
 
 SEED_SPLIT = {
     "demo": (0,),  # the embedded demo's world; its figures are the README's "one world" column
@@ -284,9 +285,3 @@ def _fmt(value) -> str:
     if value is None:
         return "–"
     return f"{value:.2e}" if value != 0 and abs(value) < 1e-3 else f"{value:.3f}"
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)

@@ -71,22 +71,33 @@ def compute_features(
     The step is resumable: an interrupted run (killed, cancelled) resumes from its last complete chunk of
     images, and a run with the settings of the features already there does nothing unless `force`.
     """
+    store.check_model(backbone.record["id"])
+    save_brain(dataset, store)
+    return decompose_step(dataset.images, backbone, store, batch_size=batch_size, client=client,
+                          checkpoint=checkpoint, token_dtype=token_dtype, on_progress=on_progress,
+                          should_stop=should_stop, force=force)
+
+
+def decompose_step(images, backbone, store: ResultsStore, *, batch_size: int = 64, client=None,
+                   checkpoint: str | None = None, token_dtype: str = "float32", on_progress: Progress = None,
+                   should_stop: StopFlag = None, force: bool = False) -> int:
+    """The features step on ``images`` alone (no brain): what :func:`compute_features` and a study's stimulus
+    folder (:func:`napari_mine.study_steps.compute_study_features`) both run; returns the number of images."""
     from napari_mine.decompose import check_token_dtype
     from napari_mine.distributed import decompose_chunks
 
     token_dtype = check_token_dtype(token_dtype)
     store.check_model(backbone.record["id"])
-    save_brain(dataset, store)
-    n_images = len(dataset.images)
+    n_images = len(images)
     if n_images == 0:
         raise MineInputError("the dataset has no images; check the stimulus file or the images folder.")
-    image_ids = np.asarray(dataset.images.ids)
+    image_ids = np.asarray(images.ids)
     settings = {"batch_size": batch_size, "n_images": n_images, "token_dtype": token_dtype,
-                "image_ids_digest": _digest(image_ids)}
+                "image_ids_digest": digest(image_ids)}
     if not force and _already_done(store, "features", settings):
         return n_images
     with store.resumable_step("features", settings) as partial:
-        decompose_chunks(partial, backbone, dataset.images, client=client, checkpoint=checkpoint,
+        decompose_chunks(partial, backbone, images, client=client, checkpoint=checkpoint,
                          batch_size=batch_size, token_dtype=token_dtype, on_progress=on_progress,
                          should_stop=should_stop)
         if "image_ids" in partial.group:
@@ -103,7 +114,7 @@ def _already_done(store: ResultsStore, step: str, settings: dict) -> bool:
     return True
 
 
-def _digest(values: np.ndarray) -> str:
+def digest(values: np.ndarray) -> str:
     """A short fingerprint of an array's values (which images, which targets a step ran on)."""
     return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()[:16]
 

@@ -16,7 +16,8 @@ import numpy as np
 from napari_mine.results import Results
 
 
-def _figure():
+def offscreen_pyplot():
+    """matplotlib.pyplot on the Agg backend: figures are written to files, never shown (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -30,7 +31,7 @@ def flat_map_figure(results: Results, values: np.ndarray, path: Path, *, cmap: s
     """Values over a surface's vertices on both hemispheres' flat maps, over the sulcal depth (NaN unshaded)."""
     from napari_mine.surfaces import sulcal_depth
 
-    plt = _figure()
+    plt = offscreen_pyplot()
     space = results.space
     fig, axes = plt.subplots(1, len(space.hemispheres), figsize=(6.0 * len(space.hemispheres), 4.4), squeeze=False)
     shown = None
@@ -66,7 +67,7 @@ def accuracy_slices_figure(results: Results, path: Path, n_slices: int = 6) -> P
         return flat_map_figure(results, results.space.unmask(results.accuracy["normalized_r"]), path,
                                cmap="inferno", vmin=0, vmax=1, title="Held-out accuracy on the flat cortex",
                                label="noise-ceiling-normalised r")
-    plt = _figure()
+    plt = offscreen_pyplot()
     mask = results.space.mask
     volume = results.space.unmask(results.accuracy["normalized_r"]).astype(np.float32)
     anatomy = results.anatomy()
@@ -87,7 +88,7 @@ def accuracy_slices_figure(results: Results, path: Path, n_slices: int = 6) -> P
 
 def accuracy_by_roi_figure(results: Results, roi_of_voxel: np.ndarray, path: Path) -> Path:
     """Test r against the noise ceiling (sqrt NC) per ROI: how much explainable signal the model reaches."""
-    plt = _figure()
+    plt = offscreen_pyplot()
     accuracy = results.accuracy
     r = accuracy["r"]
     ceiling = np.sqrt(np.clip(accuracy["noise_ceiling"], 0, None) / 100)
@@ -126,7 +127,7 @@ def attribution_overlays_figure(results: Results, images, voxels: dict[str, int]
     """Each ROI's best voxel: its top-k images (by prediction) with the exact attribution map over them."""
     from napari_mine.attribution import upsample
 
-    plt = _figure()
+    plt = offscreen_pyplot()
     fig, axes = plt.subplots(len(voxels), k, figsize=(1.9 * k, 2.0 * len(voxels)), squeeze=False)
     for row, (roi, voxel) in enumerate(voxels.items()):
         rows, _ = results.top_images(voxel, k=k)
@@ -149,7 +150,7 @@ def attribution_overlays_figure(results: Results, images, voxels: dict[str, int]
 
 def profile_charts_figure(profiles_by_name: dict[str, list[tuple[str, float]]], path: Path, title: str) -> Path:
     """Horizontal bar charts of ranked concept profiles, one panel per ROI or voxel."""
-    plt = _figure()
+    plt = offscreen_pyplot()
     names = list(profiles_by_name)
     columns = min(4, max(len(names), 1))
     rows = int(np.ceil(len(names) / columns))
@@ -175,7 +176,7 @@ def cluster_map_figure(results: Results, clusters: np.ndarray, path: Path, n_sli
         return flat_map_figure(results, np.where(clusters > 0, clusters, np.nan), path, cmap="tab10", vmin=0.5,
                                vmax=10.5, title="Within-ROI sub-populations (clusters of vertex profiles; colour = "
                                                 "cluster)")
-    plt = _figure()
+    plt = offscreen_pyplot()
     anatomy = results.anatomy()
     anatomy = results.space.mask.astype(float) if anatomy is None else anatomy
     z_with = np.flatnonzero((clusters > 0).any(axis=(0, 1)))
@@ -227,7 +228,11 @@ pre{{background:#f4f4f4;padding:1em;overflow:auto}}</style></head><body>
 {extra_html}
 <h2>summary.json</h2><pre>{html.escape(json.dumps(summary, indent=2))}</pre>
 </body></html>"""
-    path = results.root / "report.html"
+    return write_page(results.root / "report.html", page)
+
+
+def write_page(path: Path, page: str) -> Path:
+    """Write an HTML page atomically (a reader never sees half a report)."""
     tmp = path.with_suffix(".html.tmp")
     tmp.write_text(page)
     tmp.replace(path)

@@ -275,14 +275,15 @@ class Results:
         if key in self._cache:  # read: no lock, so a query on loaded arrays never waits for another's read
             return self._cache[key]
         with self._lock:
+            if key not in self._cache and step == "features" and name in ("features", "rest") and self.shared_stimuli:
+                stimuli, rows = self.shared_stimuli
+                self._cache[key] = _read_only(stimuli._array(step, name, dtype)[rows])
             if key not in self._cache:
                 group = self.group(step)
                 if name not in group:
                     raise MineInputError(f"the {step!r} results in {self.root} have no {name!r} array; recompute "
                                          "that step.")
-                values = np.asarray(group[name][...], dtype=dtype)
-                values.flags.writeable = False
-                self._cache[key] = values
+                self._cache[key] = _read_only(np.asarray(group[name][...], dtype=dtype))
             return self._cache[key]
 
     def check_model(self, model_id: str) -> None:
@@ -401,7 +402,28 @@ class Results:
 
     @property
     def n_images(self) -> int:
-        return int(self._tokens_array().shape[0])
+        return len(self.image_ids) if self.shared_stimuli else int(self._tokens_array().shape[0])
+
+    @property
+    def shared_stimuli(self) -> "tuple[Results, np.ndarray] | None":
+        """A study subject's features live once per stimulus in the study's stimulus folder (DESIGN.md §10):
+        that folder's read session and this folder's rows in it; None when the features are this folder's own."""
+        if "shared_stimuli" in self._cache:
+            return self._cache["shared_stimuli"]
+        with self._lock:
+            if "shared_stimuli" not in self._cache:
+                folder = self.manifest.settings("features").get("shared_stimuli")
+                shared = None
+                if folder:
+                    stimuli = open_results(self.root / folder)
+                    stimuli.require("features", "run `napari-mine features` on the study again.")
+                    if self.manifest.settings("features").get("stimuli_finished") != \
+                            stimuli.manifest.steps["features"].finished:
+                        raise MineInputError(f"the study's stimulus features in {stimuli.root} were recomputed after "
+                                             f"{self.root.name}'s; run `napari-mine features` on the study again.")
+                    shared = (stimuli, self._array("features", "stimulus_rows").astype(np.int64))
+                self._cache["shared_stimuli"] = shared
+            return self._cache["shared_stimuli"]
 
     def predict(self, targets=None, rows=None) -> np.ndarray:
         """The encoder's predictions ``f @ w̃ + b̃`` (n_rows, n_targets) from the stored features."""
@@ -443,6 +465,9 @@ class Results:
         each chunk once.
         """
         rows = np.asarray(rows, dtype=int)
+        if self.shared_stimuli:
+            stimuli, stimulus_rows = self.shared_stimuli
+            return stimuli.tokens(stimulus_rows[rows])
         array = self._tokens_array()
         step = array.chunks[0]
         out = np.empty((len(rows),) + tuple(array.shape[1:]), dtype=np.float32)
@@ -607,6 +632,9 @@ class Results:
 
     def tokens_loaded(self, rows) -> bool:
         """Whether the token chunks of image ``rows`` are in memory."""
+        if self._cache.get("shared_stimuli"):
+            stimuli, stimulus_rows = self._cache["shared_stimuli"]
+            return stimuli.tokens_loaded(stimulus_rows[np.asarray(rows, dtype=int)])
         array = self._cache.get("tokens")
         if array is None:
             return False
@@ -617,6 +645,8 @@ class Results:
     @property
     def token_rows_per_chunk(self) -> int:
         """Image rows per storage chunk of the token cache (reading one row decompresses its chunk)."""
+        if self.shared_stimuli:
+            return self.shared_stimuli[0].token_rows_per_chunk
         return int(self._tokens_array().chunks[0])
 
     # ---- queries ---------------------------------------------------------------------------------
@@ -681,6 +711,11 @@ class Results:
 
         target = int(self.checked_targets([target])[0])
         weight = self.weights()[0][:, target]
+        if self.shared_stimuli:  # a study subject's rows are scattered over the stimulus folder's chunks
+            step = self.token_rows_per_chunk
+            return to_patch_grid(np.concatenate([
+                patch_attribution(self.tokens(np.arange(start, min(start + step, self.n_images))), weight)
+                for start in range(0, self.n_images, step)]))
         tokens = self._tokens_array()
         step = tokens.chunks[0]
         with ThreadPoolExecutor(workers or min(READ_WORKERS, os.cpu_count() or 1)) as pool:

@@ -40,7 +40,7 @@ PARTIAL_STATE = "state.json"
 log = logging.getLogger(__name__)
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
+def write_json_atomic(path: Path, payload: dict) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as handle:
         json.dump(payload, handle, indent=2, sort_keys=True, default=_json_default)
@@ -111,7 +111,7 @@ class ResultsStore:
         return self._manifest[1]
 
     def _write_manifest(self, manifest: Manifest) -> None:
-        _write_json_atomic(self.root / MANIFEST, manifest.to_dict())
+        write_json_atomic(self.root / MANIFEST, manifest.to_dict())
         self._manifest = None
 
     def has(self, step: str) -> bool:
@@ -201,7 +201,7 @@ class ResultsStore:
         path = self.root / "summary.json"
         summary = json.loads(path.read_text()) if path.exists() else {}
         summary[section] = values
-        _write_json_atomic(path, summary)
+        write_json_atomic(path, summary)
         return summary
 
 
@@ -281,7 +281,7 @@ class PartialStep:
         return self.folder / f"chunk-{int(index):05d}.pkl"
 
     def _write_state(self) -> None:
-        _write_json_atomic(self.folder / PARTIAL_STATE, {"settings": self.settings, "done": sorted(self.done)})
+        write_json_atomic(self.folder / PARTIAL_STATE, {"settings": self.settings, "done": sorted(self.done)})
 
 
 def _as_json(settings: dict) -> dict:

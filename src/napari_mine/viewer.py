@@ -16,7 +16,8 @@ def view_results(path: str | os.PathLike, *, widgets=DEFAULT_WIDGETS, block: boo
     Parameters
     ----------
     path : path
-        A results folder (holding ``manifest.json``).
+        A results folder (holding ``manifest.json``), or a study of several subjects (holding ``study.json``): one
+        napari grid cell per subject, a click linked across the subjects.
     widgets : sequence of str
         Display names of napari-mine widgets to dock ("Data and model", "Fit", "Voxel inspector",
         "ROI explorer", "Counterfactual editor").
@@ -35,21 +36,32 @@ def view_results(path: str | os.PathLike, *, widgets=DEFAULT_WIDGETS, block: boo
     import napari
 
     from napari_mine._widgets._common import brain_layer, focus_on_brain, mine_meta
+    from napari_mine._widgets._study import keep_study_grid, subject_stores
     from napari_mine._widgets._surface import own_picking
+    from napari_mine.errors import MineInputError
     from napari_mine.store import ResultsStore
+    from napari_mine.study import Study, is_study
 
-    store = ResultsStore.open(path)  # refuses a folder that is not a results store, in one sentence
-    viewer = napari.Viewer(title=f"napari-mine: {Path(store.root).name}", show=show)
-    viewer.open(str(store.root), plugin="napari-mine")
+    if is_study(path):
+        if on_fsaverage:
+            raise MineInputError(f"{path} is a study; --on-fsaverage draws one subject's volume results, so open a "
+                                 "subject's folder (e.g. STUDY/subj01) with it.")
+        root = Study.open(path).root  # refuses subjects made with different models, spaces or vocabularies
+    else:
+        root = ResultsStore.open(path).root  # refuses a folder that is not a results store, in one sentence
+    viewer = napari.Viewer(title=f"napari-mine: {Path(root).name}", show=show)
+    viewer.open(str(root), plugin="napari-mine")
     own_picking(viewer)
+    keep_study_grid(viewer)
     for index, name in enumerate(widgets):
         viewer.window.add_plugin_dock_widget("napari-mine", name, tabify=index > 0)
-    brain = brain_layer(viewer)
+    subjects = subject_stores(viewer)
+    brain = brain_layer(viewer, min(subjects, key=lambda store: subjects[store][1]) if subjects else None)
     if brain is not None:
         viewer.layers.selection.active = brain
         focus_on_brain(viewer, mine_meta(brain)["store"])
     if on_fsaverage:
-        _show_on_fsaverage(viewer, store.root)
+        _show_on_fsaverage(viewer, root)
     if block:
         napari.run()
     return viewer

@@ -28,6 +28,7 @@ from napari_mine.errors import Cancelled, MineInputError
 BRAIN_ROLES = ("accuracy", "anatomy", "mask", "roi", "clusters")
 SHARED_CHOICES = ("checkpoint", "vocabulary")  # set in Data and model, read by the other widgets
 POSITIVE, NEGATIVE = "#f24d26", "#3b73f2"  # the attribution map's red and blue, for bars of the same sign
+SERIES_COLORS = ("#f2a33a", "#3fbfbf", "#c86fd9", "#8fd14f", "#e8e05a", "#ef6f9c", "#6f8ff2", "#b0b0b0")  # subjects
 log = logging.getLogger("napari_mine")
 
 
@@ -643,7 +644,8 @@ class BarChart(QWidget):
     """Horizontal bars of concepts and their scores, painted with Qt in napari's theme colours.
 
     Painting is a few milliseconds (a matplotlib canvas took ~100 ms per redraw on the Qt thread, on every
-    click). Positive bars are red, negative ones blue: the attribution map's colours.
+    click). Positive bars are red, negative ones blue: the attribution map's colours. Grouped bars
+    (:meth:`set_groups`: several series, e.g. one per subject) have one colour per series and a legend.
     """
 
     ROW_PX = 17
@@ -657,6 +659,7 @@ class BarChart(QWidget):
         self._muted = QColor(theme.secondary.as_hex())
         self.labels: list[str] = []
         self.values: list[float] = []
+        self.series: dict[str, list[float]] = {}  # grouped bars: name -> a value per label
         self.xlabel = ""
         self.title = ""
         self.setMinimumHeight(height)
@@ -664,14 +667,28 @@ class BarChart(QWidget):
 
     def set_bars(self, labels, values, xlabel: str, title: str = "") -> None:
         """Show ``values`` as bars, the first label on top."""
+        self.series = {}
         self.labels, self.values = [str(label) for label in labels], [float(v) for v in values]
         self.xlabel, self.title = xlabel, title
         if self.labels:
             self.setFixedHeight(self._needed_height())
         self.update()
 
+    def set_groups(self, labels, series: dict, xlabel: str, title: str = "") -> None:
+        """Show a group of bars per label, one bar per series (``{name: a value per label}``), in series order."""
+        self.series = {str(name): [float(v) for v in values] for name, values in series.items()}
+        self.labels = [str(label) for label in labels] if self.series else []
+        self.values = [v for values in self.series.values() for v in values]
+        self.xlabel, self.title = xlabel, title
+        if self.labels:
+            self.setFixedHeight(self._needed_height())
+        self.update()
+
+    def _row_px(self) -> int:
+        return self.ROW_PX if not self.series else max(self.ROW_PX, 6 * len(self.series) + 6)
+
     def _needed_height(self) -> int:
-        return (len(self.labels) + 2 + bool(self.title)) * self.ROW_PX + 8
+        return len(self.labels) * self._row_px() + (2 + bool(self.title) + bool(self.series)) * self.ROW_PX + 8
 
     def paintEvent(self, event) -> None:
         painter = QPainter(self)
@@ -695,19 +712,44 @@ class BarChart(QWidget):
         low, high = min(0.0, *self.values), max(0.0, *self.values)
         span = (high - low) or 1.0
         zero = left + (right - left) * (0 - low) / span
-        for index, (label, value) in enumerate(zip(self.labels, self.values)):
-            y = top + index * self.ROW_PX
+        row = self._row_px()
+        for index, label in enumerate(self.labels):
+            y = top + index * row
             painter.setPen(self._foreground)
-            painter.drawText(rect.left(), y, label_width - 6, self.ROW_PX,
+            painter.drawText(rect.left(), y, label_width - 6, row,
                              Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, label)
-            end = left + (right - left) * (value - low) / span
-            painter.fillRect(QRectF(min(zero, end), y + 3, abs(end - zero), self.ROW_PX - 6),
-                             QColor(POSITIVE if value >= 0 else NEGATIVE))
-            painter.drawText(int(max(zero, end)) + 3, y, value_width, self.ROW_PX,
-                             Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, f"{value:.2f}")
-        bottom = top + len(self.labels) * self.ROW_PX
+            if not self.series:
+                self._draw_bar(painter, zero, left, right, low, span, y + 3, self.ROW_PX - 6, self.values[index],
+                               QColor(POSITIVE if self.values[index] >= 0 else NEGATIVE), value_width)
+                continue
+            bar = (row - 4) / len(self.series)
+            for number, values in enumerate(self.series.values()):
+                self._draw_bar(painter, zero, left, right, low, span, y + 2 + number * bar, bar - 1, values[index],
+                               QColor(SERIES_COLORS[number % len(SERIES_COLORS)]), None)
+        bottom = top + len(self.labels) * row
         painter.setPen(self._muted)
         painter.drawLine(int(zero), top, int(zero), bottom)
+        if self.series:
+            self._draw_legend(painter, rect.left(), bottom + 2, metrics)
+            bottom += self.ROW_PX
         painter.setPen(self._foreground)
         painter.drawText(rect.left(), bottom + 2, rect.width(), self.ROW_PX, Qt.AlignmentFlag.AlignCenter,
                          self.xlabel)
+
+    def _draw_bar(self, painter, zero, left, right, low, span, y, height, value, color, value_width) -> None:
+        """One bar from zero to ``value``; its number beside it when ``value_width`` leaves room for one."""
+        end = left + (right - left) * (value - low) / span
+        painter.fillRect(QRectF(min(zero, end), y, abs(end - zero), height), color)
+        if value_width is not None:
+            painter.setPen(self._foreground)
+            painter.drawText(int(max(zero, end)) + 3, int(y) - 3, value_width, self.ROW_PX,
+                             Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, f"{value:.2f}")
+
+    def _draw_legend(self, painter, x, y, metrics) -> None:
+        """A coloured square and the name of each series, on one line."""
+        for number, name in enumerate(self.series):
+            painter.fillRect(QRectF(x, y + 4, 10, 10), QColor(SERIES_COLORS[number % len(SERIES_COLORS)]))
+            painter.setPen(self._foreground)
+            painter.drawText(x + 14, y, metrics.horizontalAdvance(name) + 4, self.ROW_PX,
+                             Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, name)
+            x += 14 + metrics.horizontalAdvance(name) + 14

@@ -116,7 +116,7 @@ def edit_steps(store: str, voxel: int, row: int, action: str, concept: str, gene
     """
     from napari_mine.counterfactual import edit_for_voxel
     from napari_mine.results import open_results
-    from napari_mine.validate import open_study
+    from napari_mine.validate import open_workbench
 
     kind, model, steps = generator
     view = open_results(store)
@@ -132,8 +132,8 @@ def edit_steps(store: str, voxel: int, row: int, action: str, concept: str, gene
     yield ("Loading the image model", 0, 0)
     backbone = view.backbone(checkpoint)
     space = view.concept_space(vocabulary, checkpoint) if action == "regenerate" else None
-    study = open_study(view, edit_with, truth, view.images, backbone)  # images are read by pixel generators only
-    edit = yield from staged(EDITING, steps_of(edit_for_voxel, study, voxel, row, action, concept=concept,
+    bench = open_workbench(view, edit_with, truth, view.images, backbone)  # images are read by pixel generators only
+    edit = yield from staged(EDITING, steps_of(edit_for_voxel, bench, voxel, row, action, concept=concept,
                                                space=space, mask_fraction=mask_fraction, seed=seed, stop=stop))
     delta = edit.brain_delta
     volume = view.space.unmask(delta).astype(np.float32)

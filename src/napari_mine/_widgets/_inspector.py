@@ -44,6 +44,15 @@ from napari_mine._widgets._common import (
     store_layers,
     to_pixmap,
 )
+from napari_mine._widgets._study import (
+    SubjectsPanel,
+    compare_subjects,
+    keep_study_grid,
+    show_linked_selection,
+    store_in_cell,
+    study_of,
+    subject_stores,
+)
 from napari_mine._widgets._surface import (
     SurfaceViewChoice,
     index_text,
@@ -162,7 +171,8 @@ def _tagged(request: int, function, *args):
 class VoxelInspector(QWidget):
     """Dock widget: click a voxel → its coordinates, ROI, accuracy, top images, profile and attribution."""
 
-    #: Emitted on the main thread once a job's answer is shown: "report", "overlay", "outside" or "failed".
+    #: Emitted on the main thread once a job's answer is shown: "report", "overlay", "subjects" (a study's other
+    #: subjects at the selection), "outside" or "failed".
     updated = Signal(str)
     #: Emitted with a store's path once what its first click needs is in memory.
     preloaded = Signal(str)
@@ -187,6 +197,7 @@ class VoxelInspector(QWidget):
                                        self._on_layer_inserted))
         self._on_layer_inserted()
         own_picking(self.viewer)
+        keep_study_grid(self.viewer)
 
     # ---- UI --------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -218,6 +229,8 @@ class VoxelInspector(QWidget):
             form.addRow(label, value)
             self.fields[key] = value
         layout.addWidget(voxel_box)
+        self.subjects = SubjectsPanel(self.viewer)
+        layout.addWidget(self.subjects)
 
         top_box = QGroupBox("Top images (predicted ŷ; click to show)")
         grid = QGridLayout(top_box)
@@ -287,16 +300,20 @@ class VoxelInspector(QWidget):
         return super().event(event)
 
     def _on_layer_inserted(self, event=None) -> None:
-        """Warm up a newly opened store in the background so the first click answers quickly."""
-        brain = brain_layer(self.viewer)
-        if brain is None or mine_meta(brain)["store"] in self._warmed:
-            return
-        meta = mine_meta(brain)
-        self._warmed.add(meta["store"])
-        stimuli = self._stimuli_of(meta["store"])
-        row = stimulus_row(self.viewer, stimuli) if stimuli is not None else None
-        start_job(self, warm_up, meta["store"], meta.get("vocabulary"), meta.get("checkpoint"), row,
-                  returned=self._on_warmed)
+        """Warm up a newly opened store (every subject of a study) in the background so the first click answers
+        quickly."""
+        current = brain_layer(self.viewer)
+        stores = ([mine_meta(current)["store"]] if current is not None else []) + list(subject_stores(self.viewer))
+        for store in dict.fromkeys(stores):
+            brain = brain_layer(self.viewer, store)
+            if brain is None or store in self._warmed:
+                continue
+            meta = mine_meta(brain)
+            self._warmed.add(store)
+            stimuli = self._stimuli_of(store)
+            row = stimulus_row(self.viewer, stimuli) if stimuli is not None else None
+            start_job(self, warm_up, store, meta.get("vocabulary"), meta.get("checkpoint"), row,
+                      returned=self._on_warmed)
 
     def _on_warmed(self, value) -> None:
         if not report_failure(value):
@@ -308,26 +325,31 @@ class VoxelInspector(QWidget):
             return
         position = np.asarray(event.position, dtype=float)
         view_direction = getattr(event, "view_direction", None)
+        viewbox = getattr(event, "viewbox", None)
         yield
         dragged = False
         while event.type == "mouse_move":
             dragged = True
             yield
         if not dragged:
-            self.inspect_position(position, view_direction)
+            self.inspect_position(position, view_direction, viewbox)
 
     # ---- inspecting ---------------------------------------------------------------------------------
-    def inspect_position(self, position, view_direction=None):
+    def inspect_position(self, position, view_direction=None, viewbox=None):
         """Inspect the voxel at a world position (3-D view: the first mask voxel along the view ray).
 
-        Returns the started Job, or None when no results store is open or the answer was shown at once.
+        In grid mode (a study: a cell per subject) the click's ``viewbox`` names the cell, hence the subject, and
+        that subject's brain becomes the selected layer (the other docks follow it). Returns the started Job, or
+        None when no results store is open or the answer was shown at once.
         """
         from napari.utils.notifications import show_info
 
-        brain = brain_layer(self.viewer)
+        brain = brain_layer(self.viewer, store_in_cell(self.viewer, viewbox))
         if brain is None:
             show_info("Open a napari-mine results folder (or the demo sample) to inspect voxels.")
             return None
+        if self.viewer.layers.selection.active is not brain and store_in_cell(self.viewer, viewbox):
+            self.viewer.layers.selection.active = brain
         meta = mine_meta(brain)
         store = meta["store"]
         position = np.asarray(position, dtype=float)
@@ -395,6 +417,29 @@ class VoxelInspector(QWidget):
         report, note = result
         self._show_report(target, report, note)
         self.updated.emit("report")
+        self._compare_subjects(target, report.info.target)
+
+    def _compare_subjects(self, target: _Target, voxel: int):
+        """In a study, the selection in every subject, read in a worker and shown beside the clicked subject's;
+        returns the Job (None for a single results folder)."""
+        subject = study_of(self.viewer, target.store)
+        if subject is None:
+            self.subjects.setVisible(False)
+            return None
+        meta = mine_meta(target.brain)
+        return start_job(self, _tagged, target.request, compare_subjects, *subject, voxel, meta.get("vocabulary"),
+                         meta.get("checkpoint"), returned=self._on_comparison)
+
+    def _on_comparison(self, value) -> None:
+        if report_failure(value):
+            self.updated.emit("failed")
+            return
+        request, selection = value
+        if request != self._latest_click:
+            return
+        self.subjects.show_selection(selection)
+        show_linked_selection(self.viewer, selection, VOXEL_LAYER)
+        self.updated.emit("subjects")
 
     def _show_report(self, target: _Target, report: TargetReport, note: str) -> None:
         info = report.info
@@ -562,9 +607,12 @@ class VoxelInspector(QWidget):
         if raw.ndim != 2:
             return
         peak = float(np.abs(raw).max()) or 1.0
+        # In place: setting .data would recompute the viewer's dims. The data first, so that the thumbnail the
+        # contrast limits redraw (from the slice, a view of .data) is already the new map's; the refresh then
+        # only uploads the texture (a second thumbnail would be the same).
         overlay.data[0] = np.where(np.abs(raw) >= self.threshold.value() / 100 * peak, raw, 0.0)
         overlay.contrast_limits = (-peak, peak)
-        overlay.refresh(extent=False, highlight=False)  # in place: setting .data would recompute the viewer's dims
+        overlay.refresh(extent=False, highlight=False, thumbnail=False)
 
     def _on_threshold(self) -> None:
         for layer in store_layers(self.viewer, role="attribution"):

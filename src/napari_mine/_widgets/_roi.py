@@ -34,6 +34,7 @@ from napari_mine._widgets._common import (
     start_job,
     store_layers,
 )
+from napari_mine._widgets._study import SubjectsPanel, compare_subjects, keep_study_grid, study_of
 from napari_mine._widgets._surface import is_surface, label_at, own_picking, show_site_values
 from napari_mine.results import RoiReport, open_results
 
@@ -52,7 +53,8 @@ def analyse_roi(store: str, roi: str, label: int, k_min: int, k_max: int, vocabu
 class RoiExplorer(QWidget):
     """Dock widget: pick an ROI label → its profile chart and its sub-populations as a Labels layer."""
 
-    #: Emitted on the main thread when a job's answer is shown: "rois", "report" or "failed".
+    #: Emitted on the main thread when a job's answer is shown: "rois", "report", "subjects" (the region in every
+    #: subject of a study) or "failed".
     updated = Signal(str)
 
     def __init__(self, napari_viewer, parent=None):
@@ -100,6 +102,8 @@ class RoiExplorer(QWidget):
         self.clusters = QLabel("")
         self.clusters.setWordWrap(True)
         layout.addWidget(self.clusters)
+        self.subjects = SubjectsPanel(self.viewer)
+        layout.addWidget(self.subjects)
         layout.addStretch(1)
 
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
@@ -108,6 +112,7 @@ class RoiExplorer(QWidget):
         self.destroyed.connect(partial(_disconnect, self.viewer, self._on_layers_changed))
         self._on_layers_changed()
         own_picking(self.viewer)
+        keep_study_grid(self.viewer)
 
     # ---- the store's ROIs -------------------------------------------------------------------------
     def _on_layers_changed(self, event=None):
@@ -188,7 +193,25 @@ class RoiExplorer(QWidget):
         self.job = start_job(self, analyse_roi, self._store, roi, int(label), self.k_min.value(),
                              self.k_max.value(), meta.get("vocabulary"), meta.get("checkpoint"),
                              returned=self._on_report, finished=self._on_finished)
+        self._compare_subjects(roi, int(label), meta)
         return self.job
+
+    def _compare_subjects(self, roi: str, label: int, meta: dict):
+        """In a study, the region's profile in every subject (a worker job), as grouped bars below the clusters."""
+        subject = study_of(self.viewer, self._store)
+        if subject is None:
+            self.subjects.setVisible(False)
+            return None
+        return start_job(self, compare_subjects, *subject, None, meta.get("vocabulary"), meta.get("checkpoint"),
+                         region=(roi, label), returned=self._on_subjects)
+
+    def _on_subjects(self, value) -> None:
+        if report_failure(value):
+            self.updated.emit("failed")
+            return
+        if value.of(value.clicked).store == self._store:
+            self.subjects.show_selection(value)
+            self.updated.emit("subjects")
 
     def _on_finished(self, outcome: str) -> None:
         self.run_button.setEnabled(True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_mine.data.dataset import ARRAY_MASK, Dataset, reading
-from napari_mine.data.generic import _check_images_exist, _optional, _table_and_images, _test_images, _trial_table
+from napari_mine.data.generic import _check_images_exist, _table_and_images, _test_images, _trial_table
 from napari_mine.data.images import ImageStore
 from napari_mine.data.nsd_surface import (
     _drop_columns,

@@ -139,6 +139,18 @@ class ImageStore:
         return cls(ids, [f"{dataset}[{i}]" for i in ids], hdf5=(str(path), dataset))
 
     @classmethod
+    def union(cls, stores, stimulus_ids) -> ImageStore:
+        """Images ``stimulus_ids`` of the one HDF5 brick several stores read (a study's subjects share NSD's), so
+        an image several subjects saw is one image: ids only identify a stimulus within one brick."""
+        bricks = {store._hdf5 for store in stores}
+        if len(bricks) != 1 or None in bricks:
+            raise MineInputError("The subjects of a study must read their images from one stimulus file (NSD's "
+                                 f"nsd_stimuli.hdf5); these read from {len(bricks)} sources. Load every subject from "
+                                 "the same NSD root.")
+        path, dataset = bricks.pop()
+        return cls.from_hdf5(path, stimulus_ids, dataset)
+
+    @classmethod
     def from_files(cls, paths, image_size: int | None = None) -> ImageStore:
         """Images read from files; ``image_size`` resizes and centre-crops each to a square (mixed sizes)."""
         paths = [Path(path) for path in paths]

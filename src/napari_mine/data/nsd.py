@@ -296,6 +296,36 @@ def read_expdesign(path) -> dict[str, np.ndarray]:
     return design
 
 
+def nsd_study_subjects(root, subjects, space: str = "volume") -> list[int]:
+    """The subjects of a study on NSD ``root``: ``"all"`` becomes every subject of the design with betas in
+    ``space``; the design's shared images (``sharedix``) must be among every subject's images (``subjectim``),
+    since the subjects are compared on them."""
+    tree = NsdTree(root, 1)
+    design = read_expdesign(tree.require("nsddata/experiments/nsd/nsd_expdesign.mat"))
+    n_design = design["subjectim"].shape[0]
+    if subjects == "all":
+        layout = "fsaverage" if space == "fsaverage" else "func1pt8mm"
+        subjects = [s for s in range(1, n_design + 1)
+                    if (Path(root) / f"nsddata_betas/ppdata/subj{s:02d}/{layout}").is_dir()]
+        if not subjects:
+            raise MineInputError(f"No subject of {root} has {space} betas (nsddata_betas/ppdata/subjNN/{layout}); "
+                                 "point at the NSD root that holds them.")
+    outside = [s for s in subjects if s > n_design]
+    if outside:
+        raise MineInputError(f"subjectim has {n_design} subjects, so subject {outside[0]} is not in the design; "
+                             f"choose among 1-{n_design}.")
+    shared = design.get("sharedix")
+    if shared is not None:
+        for subject in subjects:
+            unseen = np.setdiff1d(shared, design["subjectim"][subject - 1])
+            if unseen.size:
+                raise MineInputError(
+                    f"sharedix lists {unseen.size} images that subj{subject:02d} never sees in subjectim (e.g. "
+                    f"stimulus {unseen[0]}); the shared-image list does not match the experiment design — use the "
+                    "nsd_expdesign.mat that came with these betas.")
+    return list(subjects)
+
+
 def _read_mat73(path) -> dict[str, np.ndarray]:
     import h5py
 

@@ -29,7 +29,10 @@ ROI_FILES: dict[str, tuple[str, ...]] = {
 }
 FLOC_CATEGORY = {"floc-faces": "face", "floc-places": "house", "floc-bodies": "body", "floc-words": "word"}
 PATCH_CATEGORY = {"food-patch": "food", "car-patch": "car", "tree-patch": "tree", "animal-patch": "animal"}
-# Each category ROI is split into two halves with opposite preferences of one kind (colour pairs are drawn).
+CATEGORY_OF_ROI = {name: FLOC_CATEGORY[f] for f, names in ROI_FILES.items() if f in FLOC_CATEGORY for name in names}
+CATEGORY_OF_ROI.update(PATCH_CATEGORY)
+# Each category ROI is split into two parts with opposite preferences of one kind (colour pairs are drawn): halves in
+# a one-subject world, a drawn fraction in a study's subjects.
 SUBPOPULATION_KINDS = ("hemifield", "size", "colour")
 _FIXED_PAIRS = {"hemifield": ("left-field", "right-field"), "size": ("large", "small")}
 
@@ -92,6 +95,23 @@ class VoxelTuning:
         return np.isfinite(self.prf_x)
 
 
+@dataclass(frozen=True)
+class SubjectTraits:
+    """What sets one subject of a study apart (drawn in :mod:`.study`); a one-subject world has none.
+
+    ``subpopulations`` holds each category ROI label's two sub-population labels, ``split`` the fraction of its
+    voxels (per hemisphere) in the first one, ``secondary`` each category region's cross-category weights
+    (n_categories, added to every voxel's; a one-subject world's are :func:`related_weights`) and ``anchors`` its
+    ROI placement (``_ANCHORS`` with jittered directions).
+    """
+
+    subject: int  # 1-based; the subject's brain draws from a random stream of its own
+    anchors: dict[str, tuple[tuple[float, float, float], int]]
+    subpopulations: dict[str, tuple[str, str]]
+    split: dict[str, float]
+    secondary: dict[str, np.ndarray]
+
+
 @dataclass
 class SimulatedBrain:
     """Grid, masks, ROI volumes and tuning of one simulated subject."""
@@ -121,7 +141,7 @@ class SimulatedBrain:
 
 def make_brain(seed: int = 0, shape: tuple[int, int, int] = (40, 48, 40), n_general: int = 3000,
                roi_scale: float = 1.0, cortex_thickness: float = 3.5, pooling_exponent: float = 4.0,
-               n_calibration: int = 400) -> SimulatedBrain:
+               n_calibration: int = 400, traits: SubjectTraits | None = None) -> SimulatedBrain:
     """Build a simulated subject: anatomy, ROIs inside an nsdgeneral-like mask, and per-voxel tuning.
 
     Parameters
@@ -140,6 +160,9 @@ def make_brain(seed: int = 0, shape: tuple[int, int, int] = (40, 48, 40), n_gene
         Exponent of the soft-max pooling over objects (large = the strongest object dominates).
     n_calibration : int
         Random scenes used to set each voxel's noise level from its signal spread.
+    traits : SubjectTraits, optional
+        One subject of a study: its ROI placement, sub-populations and cross-category weights, and its own
+        random stream (``[seed, subject, 101]``); without it, the one-subject world's brain.
 
     Returns
     -------
@@ -147,17 +170,20 @@ def make_brain(seed: int = 0, shape: tuple[int, int, int] = (40, 48, 40), n_gene
     """
     if min(shape) < 16:
         raise MineInputError(f"Grid {shape} is too small for a brain; use at least 16 voxels per axis.")
-    rng = np.random.default_rng([int(seed), 101])
+    rng = np.random.default_rng([int(seed), 101] if traits is None else [int(seed), traits.subject, 101])
     brainmask, cortex, radius = _ellipsoid_masks(shape, cortex_thickness)
     centre = (np.array(shape) - 1) / 2
-    regions = _layout_regions(cortex, centre, shape, roi_scale)
+    if traits is None:
+        regions = _layout_regions(cortex, centre, shape, roi_scale, _ANCHORS)
+    else:
+        regions = _layout_regions(cortex, centre, shape, roi_scale, traits.anchors, exact_sizes=True)
     mask = _general_mask(cortex, regions, n_general)
     roi_volumes, roi_labels = _roi_volumes(cortex, regions)
     voxel_roi = np.full(mask.shape, "", dtype="<U16")
     for name, region in regions.items():
         voxel_roi[tuple(region.T)] = name
     coords = np.argwhere(mask)
-    tuning = _make_tuning(rng, coords, voxel_roi[mask], centre)
+    tuning = _make_tuning(rng, coords, voxel_roi[mask], centre, traits)
     brain = SimulatedBrain(_affine(shape), brainmask, cortex, mask, _anatomy(radius, rng), roi_volumes, roi_labels,
                            tuning, float(pooling_exponent), int(seed))
     _calibrate_noise(brain, rng, n_calibration)
@@ -187,21 +213,34 @@ def _anatomy(radius, rng) -> np.ndarray:
     return t1.astype(np.float32)
 
 
-def _layout_regions(cortex, centre, shape, roi_scale):
+def _layout_regions(cortex, centre, shape, roi_scale, anchor_table, exact_sizes=False):
     """Place each ROI as a contiguous patch of cortex around its anchor, in both hemispheres.
+
+    A region keeps the cortex nearest its anchor within the anchor's own territory (nearest anchor), so a crowded
+    region may stay under its size. With ``exact_sizes`` (a study's subjects) every region claims the free cortex
+    nearest its anchor on its own side of the midline until it has its size, so all subjects have the same ROI
+    voxel counts per hemisphere and hence one fsaverage layout.
 
     Returns ``{name: coords (n, 3)}`` with every cortex voxel in at most one region.
     """
     coords = np.argwhere(cortex)
     radii = 0.44 * np.array(shape)
     anchors, names, sizes = [], [], []
-    for name, (direction, n_voxels) in _ANCHORS.items():
+    for name, (direction, n_voxels) in anchor_table.items():
         for side in (-1, 1):
             d = np.array(direction) * [side, 1, 1]
             anchors.append(centre + radii * d / np.linalg.norm(d))
             names.append((name, side))
             sizes.append(max(int(round(n_voxels * roi_scale)), 4))
     distances = np.linalg.norm(coords[:, None, :] - np.array(anchors)[None], axis=-1)
+    if exact_sizes:
+        sides = np.array([side for _, side in names])
+        other_side = np.sign(coords[:, 0, None] - centre[0]) != sides[None]
+        owner = _claim_with_quotas(np.where(other_side, np.inf, distances), sizes)
+        regions = {}
+        for k, (name, _) in enumerate(names):
+            regions.setdefault(name, []).append(coords[owner == k])
+        return {name: np.concatenate(parts) for name, parts in regions.items()}
     nearest = distances.argmin(1)
     regions: dict[str, list] = {}
     for k, (name, side) in enumerate(names):
@@ -209,6 +248,21 @@ def _layout_regions(cortex, centre, shape, roi_scale):
         keep = own[np.argsort(distances[own, k])[: sizes[k]]]
         regions.setdefault(name, []).append(coords[keep])
     return {name: np.concatenate(parts) for name, parts in regions.items()}
+
+
+def _claim_with_quotas(distances, sizes) -> np.ndarray:
+    """Owner region of each voxel (-1 none) when, nearest pairs first, each region claims free voxels up to its size."""
+    owner, counts, needed = np.full(len(distances), -1), np.zeros(len(sizes), int), sum(sizes)
+    order = np.argsort(distances, axis=None, kind="stable")
+    finite = np.isfinite(distances.ravel()[order])
+    voxels, regions = np.unravel_index(order[finite], distances.shape)
+    for voxel, region in zip(voxels.tolist(), regions.tolist()):
+        if owner[voxel] < 0 and counts[region] < sizes[region]:
+            owner[voxel], counts[region], needed = region, counts[region] + 1, needed - 1
+            if needed == 0:
+                return owner
+    raise MineInputError(f"The grid's cortex cannot hold every ROI at its size ({sum(sizes)} voxels); "
+                         "enlarge brain_shape.")
 
 
 def _general_mask(cortex, regions, n_general):
@@ -253,8 +307,12 @@ def general_volume(brain: SimulatedBrain) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- tuning
 
 
-def _make_tuning(rng, coords, voxel_roi, centre) -> VoxelTuning:
-    """Draw every voxel's tuning from its region: retinotopic, category (with sub-populations), mixed or noise."""
+def _make_tuning(rng, coords, voxel_roi, centre, traits: SubjectTraits | None) -> VoxelTuning:
+    """Draw every voxel's tuning from its region: retinotopic, category (with sub-populations), mixed or noise.
+
+    A one-subject world draws each category ROI's sub-population kind here, in halves; a study subject's kinds,
+    splits and cross-category weights come from its ``traits``.
+    """
     n = len(coords)
     n_cat, colors = len(S.CATEGORIES), list(S.COLORS)
     hemisphere = np.where(coords[:, 0] < centre[0], "left", "right")
@@ -266,16 +324,20 @@ def _make_tuning(rng, coords, voxel_roi, centre) -> VoxelTuning:
         prf_x=np.full(n, np.nan), prf_y=np.full(n, np.nan), prf_sigma=np.full(n, np.nan),
         amplitude=np.zeros(n), c50=rng.uniform(*C50_RANGE, n), baseline=rng.uniform(-0.2, 0.5, n),
         noise_sd=np.zeros(n), target_ncsnr=np.zeros(n))
-    category_of = {name: FLOC_CATEGORY[f] for f, names in ROI_FILES.items() if f in FLOC_CATEGORY for name in names}
-    category_of.update(PATCH_CATEGORY)
     for name in ROI_FILES["prf-visualrois"]:
         _tune_retinotopic(t, rng, coords, np.flatnonzero(t.roi == name), name)
-    subpop_kinds = rng.permutation(np.resize(SUBPOPULATION_KINDS, len(category_of)))
-    for (name, category), kind in zip(category_of.items(), subpop_kinds):
+    if traits is None:
+        subpop_kinds = rng.permutation(np.resize(SUBPOPULATION_KINDS, len(CATEGORY_OF_ROI)))
+    for k, (name, category) in enumerate(CATEGORY_OF_ROI.items()):
         members = np.flatnonzero(t.roi == name)
-        _tune_category(t, rng, members, category)
-        if name not in PATCH_CATEGORY:
-            _assign_subpopulations(t, rng, coords, members, kind, colors)
+        secondary = related_weights(category) if traits is None else traits.secondary[name]
+        _tune_category(t, rng, members, category, secondary)
+        if name in PATCH_CATEGORY:
+            continue
+        if traits is None:
+            _assign_subpopulations(t, rng, coords, members, subpopulation_pair(rng, subpop_kinds[k]), colors)
+        else:
+            _assign_subpopulations(t, rng, coords, members, traits.subpopulations[name], colors, traits.split[name])
     unlabelled = np.flatnonzero(t.roi == "")
     mixed = unlabelled[rng.random(len(unlabelled)) < 0.6]
     t.kind[mixed] = "mixed"
@@ -314,13 +376,20 @@ def _rank01(values):
     return ranks / max(len(values) - 1, 1)
 
 
-def _tune_category(t, rng, members, category):
-    """Strong drive from the preferred category, weak (partly structured) drive from the others."""
-    preferred = S.CATEGORIES.index(category)
-    weights = rng.uniform(0.02, 0.12, (len(members), len(S.CATEGORIES)))
+def related_weights(category: str) -> np.ndarray:
+    """The cross-category weights ``_RELATED`` gives a region preferring ``category``, (n_categories,)."""
+    weights = np.zeros(len(S.CATEGORIES))
     for (cat, other), value in _RELATED.items():
         if cat == category:
-            weights[:, S.CATEGORIES.index(other)] += value
+            weights[S.CATEGORIES.index(other)] = value
+    return weights
+
+
+def _tune_category(t, rng, members, category, secondary):
+    """Strong drive from the preferred category, weak drive from the others: random per voxel plus the region's
+    structured ``secondary`` weights."""
+    preferred = S.CATEGORIES.index(category)
+    weights = rng.uniform(0.02, 0.12, (len(members), len(S.CATEGORIES))) + secondary
     weights[:, preferred] = 1.0
     t.kind[members] = "category"
     t.category[members] = preferred
@@ -329,18 +398,31 @@ def _tune_category(t, rng, members, category):
     t.target_ncsnr[members] = np.clip(rng.lognormal(np.log(CATEGORY_NCSNR), 0.25, len(members)), 0.4, 1.3)
 
 
-def _assign_subpopulations(t, rng, coords, members, kind, colors):
-    """Split the ROI (in each hemisphere) into two contiguous halves with opposite preferences."""
-    if kind == "colour":
-        first, second = rng.choice(len(colors), 2, replace=False)
-        names = (f"colour:{colors[first]}", f"colour:{colors[second]}")
-    else:
-        names = _FIXED_PAIRS[kind]
+def subpopulation_pair(rng, kind: str) -> tuple[str, str]:
+    """The two opposite sub-population labels of a kind (a colour pair is drawn from ``rng``)."""
+    if kind != "colour":
+        return _FIXED_PAIRS[kind]
+    colors = list(S.COLORS)
+    first, second = rng.choice(len(colors), 2, replace=False)
+    return f"colour:{colors[first]}", f"colour:{colors[second]}"
+
+
+def subpopulation_kind(label: str) -> str:
+    """The kind ("hemifield", "size" or "colour") of a sub-population label."""
+    if label.startswith("colour:"):
+        return "colour"
+    return next(kind for kind, pair in _FIXED_PAIRS.items() if label in pair)
+
+
+def _assign_subpopulations(t, rng, coords, members, names, colors, split=None):
+    """Split the ROI (in each hemisphere) into two contiguous parts with opposite preferences: halves at the
+    median, or a ``split`` fraction of the voxels in the first part."""
     direction = rng.normal(size=3)
     for hemi in ("left", "right"):
         part = members[t.hemisphere[members] == hemi]
         projection = (coords[part] - coords[part].mean(0)) @ direction
-        halves = (part[projection <= np.median(projection)], part[projection > np.median(projection)])
+        cut = np.median(projection) if split is None else np.quantile(projection, split)
+        halves = (part[projection <= cut], part[projection > cut])
         for label, voxels in zip(names, halves):
             t.subpopulation[voxels] = label
             _apply_subpopulation(t, voxels, label, colors)
@@ -424,17 +506,21 @@ def true_response(brain: SimulatedBrain, scenes, chunk: int = 256) -> np.ndarray
     -------
     float32 array (n_scenes, n_voxels), voxels in ``np.flatnonzero(brain.mask)`` order.
     """
-    t = brain.tuning
     out = np.empty((len(scenes), brain.n_voxels), np.float32)
     for start in range(0, len(scenes), chunk):
-        table = scene_content(list(scenes[start : start + chunk]))
-        drives = _object_drives(t, table)
-        category = (drives[:, :, ~t.retinotopic] ** brain.pooling_exponent).sum(1) ** (1 / brain.pooling_exponent)
-        drive = np.empty((len(table.x), len(t.amplitude)))
-        drive[:, ~t.retinotopic] = category
-        drive[:, t.retinotopic] = drives[:, :, t.retinotopic].sum(1) + table.background @ _prfs(t).T
-        out[start : start + chunk] = t.baseline + t.amplitude * drive * (1 + t.c50) / (drive + t.c50)
+        out[start : start + chunk] = content_response(brain, scene_content(list(scenes[start : start + chunk])))
     return out
+
+
+def content_response(brain: SimulatedBrain, table: SceneContent) -> np.ndarray:
+    """:func:`true_response` to already tabulated scenes (float64), so a fixed scene set is tabulated once."""
+    t = brain.tuning
+    drives = _object_drives(t, table)
+    category = (drives[:, :, ~t.retinotopic] ** brain.pooling_exponent).sum(1) ** (1 / brain.pooling_exponent)
+    drive = np.empty((len(table.x), len(t.amplitude)))
+    drive[:, ~t.retinotopic] = category
+    drive[:, t.retinotopic] = drives[:, :, t.retinotopic].sum(1) + table.background @ _prfs(t).T
+    return t.baseline + t.amplitude * drive * (1 + t.c50) / (drive + t.c50)
 
 
 def object_drives(brain: SimulatedBrain, scenes) -> np.ndarray:

@@ -4,6 +4,10 @@ It holds what every later score needs: the scene behind each stimulus, the stimu
 images and the test set, and the simulated brain's complete parameters, so :func:`brain.true_response`
 can be recomputed for new (edited or generated) scenes. A world written with its cortex also keeps the voxel
 each fsaverage5 vertex copies (:mod:`.cortex`), so the same truth scores results computed on vertices.
+
+A study of several subjects keeps the scenes of all stimuli once (``scenes.json``), each subject's truth in
+``subjNN/`` and the study record in ``study.json`` (:mod:`.study`: each subject's sub-populations, splits,
+sessions and grid); a one-subject world keeps its one truth at the top.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from .brain import SimulatedBrain, VoxelTuning, true_response
 from .cortex import CortexMap, brain_on_sites, load_cortex_map, save_cortex_map
 
 TRUTH_DIR = "ground_truth"
+STUDY_FILE = "study.json"
+SCENES_FILE = "scenes.json"
 _VOLUMES = ("affine", "brainmask", "cortex", "mask", "anatomy")
 
 
@@ -59,8 +65,22 @@ class WorldTruth:
         return replace(self, brain=brain_on_sites(self.brain, self.cortex, space.mask))
 
 
-def save_truth(folder: Path, truth: WorldTruth) -> None:
-    """Write the ground truth into ``folder`` (created; the caller makes the whole world atomic)."""
+@dataclass
+class StudyTruth:
+    """Ground truth of a study: ``subjects[k - 1]`` is subject k's (all on the same scenes) and ``record`` the
+    study record (``study.json``)."""
+
+    subjects: list[WorldTruth]
+    record: dict
+
+
+def subject_folder(subject: int) -> str:
+    return f"subj{subject:02d}"
+
+
+def save_truth(folder: Path, truth: WorldTruth, with_scenes: bool = True) -> None:
+    """Write the ground truth into ``folder`` (created; the caller makes the whole world atomic); a study's
+    subjects are written ``with_scenes=False``, their scenes once by :func:`save_study_truth`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     brain, tuning = truth.brain, truth.brain.tuning
@@ -73,7 +93,8 @@ def save_truth(folder: Path, truth: WorldTruth) -> None:
         "roi_labels": {name: {str(k): v for k, v in labels.items()} for name, labels in brain.roi_labels.items()},
         "categories": list(S.CATEGORIES), "colors": list(S.COLORS),
     })
-    _write_json(folder / "scenes.json", [S.scene_to_dict(scene) for scene in truth.scenes])
+    if with_scenes:
+        _write_json(folder / SCENES_FILE, [S.scene_to_dict(scene) for scene in truth.scenes])
     _write_json(folder / "stimuli.json", {
         "subject_images": truth.subject_images.tolist(), "shared_images": truth.shared_images.tolist(),
         "repeats": truth.repeats, "note": "0-based stimulus indices (rows of imgBrick)",
@@ -81,6 +102,16 @@ def save_truth(folder: Path, truth: WorldTruth) -> None:
     _write_json(folder / "subpopulations.json", subpopulation_summary(brain))
     if truth.cortex is not None:
         save_cortex_map(folder, truth.cortex)
+
+
+def save_study_truth(folder: Path, study: StudyTruth) -> None:
+    """Write a study's truth into ``folder``: the scenes once, each subject in ``subjNN/``, the study record."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / SCENES_FILE, [S.scene_to_dict(scene) for scene in study.subjects[0].scenes])
+    for subject, truth in enumerate(study.subjects, start=1):
+        save_truth(folder / subject_folder(subject), truth, with_scenes=False)
+    _write_json(folder / STUDY_FILE, study.record)
 
 
 def subpopulation_summary(brain: SimulatedBrain) -> dict:
@@ -98,21 +129,50 @@ def subpopulation_summary(brain: SimulatedBrain) -> dict:
     return summary
 
 
-def load_truth(root) -> WorldTruth:
-    """Read ``<root>/ground_truth`` back into a :class:`WorldTruth`.
+def load_truth(root, subject: int = 1) -> WorldTruth:
+    """Read ``<root>/ground_truth`` back into a :class:`WorldTruth`: the world's, or one subject's of a study.
 
     Parameters
     ----------
     root : path
         The world's root folder (the one ``write_world`` wrote).
+    subject : int
+        1-based subject of a study (a one-subject world has only subject 1).
 
     Returns
     -------
     WorldTruth
     """
     folder = Path(root) / TRUTH_DIR
+    if (folder / STUDY_FILE).is_file():
+        n_subjects = int(json.loads((folder / STUDY_FILE).read_text())["n_subjects"])
+        if not (isinstance(subject, (int, np.integer)) and 1 <= subject <= n_subjects):
+            raise MineInputError(f"This study has subjects 1 to {n_subjects}, not {subject!r}; choose one of those.")
+        return _load_subject(folder / subject_folder(subject), _load_scenes(folder))
     if not (folder / "brain.npz").is_file():
         raise MineInputError(f"No ground truth in {folder}; point to a folder written by write_world.")
+    if subject != 1:
+        raise MineInputError(f"The world at {root} has one subject, not subject {subject!r}; use subject 1.")
+    return _load_subject(folder, _load_scenes(folder))
+
+
+def load_study_truth(root) -> StudyTruth:
+    """Every subject's truth of a study written by ``write_world(..., n_subjects=N)`` (N > 1), and its record."""
+    folder = Path(root) / TRUTH_DIR
+    if not (folder / STUDY_FILE).is_file():
+        raise MineInputError(f"No study record in {folder}: the world has one subject (read it with load_truth) or "
+                             "is not a world; write a study with `napari-mine world OUT --subjects N`.")
+    record = json.loads((folder / STUDY_FILE).read_text())
+    scenes = _load_scenes(folder)
+    return StudyTruth([_load_subject(folder / subject_folder(k), scenes) for k in range(1, record["n_subjects"] + 1)],
+                      record)
+
+
+def _load_scenes(folder: Path) -> list[S.Scene]:
+    return [S.scene_from_dict(d) for d in json.loads((folder / SCENES_FILE).read_text())]
+
+
+def _load_subject(folder: Path, scenes: list[S.Scene]) -> WorldTruth:
     meta = json.loads((folder / "brain.json").read_text())
     with np.load(folder / "brain.npz") as data:
         tuning = VoxelTuning(**{f.name: data[f"tuning/{f.name}"] for f in fields(VoxelTuning)})
@@ -121,7 +181,6 @@ def load_truth(root) -> WorldTruth:
             **{name: data[name] for name in _VOLUMES},
             roi_volumes={name: data[f"roi/{name}"] for name in roi_labels}, roi_labels=roi_labels,
             tuning=tuning, pooling_exponent=float(meta["pooling_exponent"]), seed=int(meta["seed"]))
-    scenes = [S.scene_from_dict(d) for d in json.loads((folder / "scenes.json").read_text())]
     stimuli = json.loads((folder / "stimuli.json").read_text())
     return WorldTruth(brain, scenes, np.array(stimuli["subject_images"], int), np.array(stimuli["shared_images"], int),
                       int(stimuli["repeats"]), load_cortex_map(folder))

@@ -13,6 +13,10 @@ A surface-nsdgeneral vertex carries its voxel's noiseless response plus its own 
 (:func:`brain.measured_betas`, so also a shared trial-wise fluctuation and session offsets); every other cortex
 vertex carries noise only, as the volume's cortex outside nsdgeneral does, and the medial wall holds zeros (no
 data). Vertex noise is drawn from its own random stream, so writing the surface leaves every volume file as it was.
+
+In a study of several subjects every subject has its betas and transforms in its own folders and all share the
+fsaverage label files, as NSD's fsaverage labels are shared, so their surface layouts must agree
+(:func:`write_surface_subject` places each subject, :func:`write_labels` writes the labels once).
 """
 
 from __future__ import annotations
@@ -28,10 +32,18 @@ from .brain import ROI_FILES, SimulatedBrain, measured_betas
 from .cortex import CortexMap, brain_on_sites, native_voxel_coordinates, place_on_cortex
 from .noise_ceiling import nsd_ncsnr
 
-SUBJECT = "subj01"
-BETAS = f"nsddata_betas/ppdata/{SUBJECT}/fsaverage/betas_fithrf_GLMdenoise_RR"
 LABELS = "nsddata/freesurfer/fsaverage/label"
-TRANSFORMS = f"nsddata/ppdata/{SUBJECT}/transforms"
+
+
+def betas_folder(subject: int = 1) -> str:
+    return f"nsddata_betas/ppdata/subj{subject:02d}/fsaverage/betas_fithrf_GLMdenoise_RR"
+
+
+def transforms_folder(subject: int = 1) -> str:
+    return f"nsddata/ppdata/subj{subject:02d}/transforms"
+
+
+BETAS, TRANSFORMS = betas_folder(1), transforms_folder(1)  # a one-subject world's (subj01)
 DEPTHS = ("layerB1", "layerB2", "layerB3")
 INVALID = 9999.0
 NCSNR_CHUNK = 2048  # vertices per ncsnr block (NSD's recipe works in float64 over all trials)
@@ -53,14 +65,26 @@ def write_fsaverage(folder: Path, brain: SimulatedBrain, responses: np.ndarray, 
     seed : int
         The world's seed (the vertex noise has a stream of its own).
     """
+    cortex_map = write_surface_subject(folder, brain, responses, stimulus_of_trial, sessions,
+                                       np.random.default_rng([int(seed), 303]))
+    write_labels(folder, cortex_map)
+    return cortex_map
+
+
+def write_surface_subject(folder: Path, brain: SimulatedBrain, responses: np.ndarray, stimulus_of_trial: np.ndarray,
+                          sessions: np.ndarray, rng: np.random.Generator, subject: int = 1) -> CortexMap:
+    """Lay one subject's brain out on fsaverage5 and write its betas and transforms (not the shared labels).
+
+    ``stimulus_of_trial`` indexes the rows of ``responses`` (and groups the trials for the ncsnr); ``rng`` is the
+    subject's vertex-noise stream. Returns the subject's map.
+    """
     cortex_map = place_on_cortex(brain)
-    rng = np.random.default_rng([int(seed), 303])
     mask = cortex_map.mask
     surface = brain_on_sites(brain, cortex_map, mask)
     signal = measured_betas(surface, responses[:, cortex_map.voxel_of_site[mask]][stimulus_of_trial], sessions, rng)
     column = np.cumsum(mask) - 1
     noise_sd = rng.uniform(0.5, 1.5, cortex_map.n_sites).astype(np.float32) * np.median(brain.tuning.noise_sd)
-    out = folder / BETAS
+    out = folder / betas_folder(subject)
     out.mkdir(parents=True)
     for hemi in HEMISPHERES:
         sites = cortex_map.sites(hemi)
@@ -75,12 +99,12 @@ def write_fsaverage(folder: Path, brain: SimulatedBrain, responses: np.ndarray, 
             block = np.ascontiguousarray(betas[sessions == session].T)
             save_mgh(out / f"{hemi}.betas_session{session + 1:02d}.mgh", block[:, None, None, :])
         save_mgh(out / f"{hemi}.ncsnr.mgh", ncsnr[:, None, None])
-    _write_labels(folder, cortex_map)
-    _write_transforms(folder, brain, cortex_map, rng)
+    _write_transforms(folder / transforms_folder(subject), brain, cortex_map, rng)
     return cortex_map
 
 
-def _write_labels(folder: Path, cortex_map: CortexMap) -> None:
+def write_labels(folder: Path, cortex_map: CortexMap) -> None:
+    """The fsaverage label files (``{lh,rh}.NAME.mgz`` and ``NAME.mgz.ctab``) of a surface layout."""
     out = folder / LABELS
     out.mkdir(parents=True)
     names = dict(ROI_FILES, nsdgeneral=("nsdgeneral",))
@@ -99,8 +123,7 @@ def color_table(names) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_transforms(folder: Path, brain: SimulatedBrain, cortex_map: CortexMap, rng) -> None:
-    out = folder / TRANSFORMS
+def _write_transforms(out: Path, brain: SimulatedBrain, cortex_map: CortexMap, rng) -> None:
     out.mkdir(parents=True)
     coordinates = native_voxel_coordinates(brain, cortex_map, rng, INVALID)
     for hemi in HEMISPHERES:

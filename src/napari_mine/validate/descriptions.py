@@ -76,10 +76,10 @@ def default_space(backbone, generator):
     return concept_space(generator.default_vocabulary(), backbone)
 
 
-def checked_space(study, space):
+def checked_space(bench, space):
     """The concept space descriptions are read in (default: the generator's), refused if it belongs to another
     model than the results' or names what the generator cannot draw."""
-    space = default_space(study.backbone, study.generator) if space is None else space
-    study.results.check_model(space.model_id)
-    study.generator.check_vocabulary(space.vocabulary)
+    space = default_space(bench.backbone, bench.generator) if space is None else space
+    bench.results.check_model(space.model_id)
+    bench.generator.check_vocabulary(space.vocabulary)
     return space

@@ -15,7 +15,7 @@ from napari_mine.errors import MineInputError
 from napari_mine.validate.stats import edit_summary
 
 
-def attribution_masks(study, maps, fraction, dilate_px, feather_px) -> np.ndarray:
+def attribution_masks(bench, maps, fraction, dilate_px, feather_px) -> np.ndarray:
     """Edit masks from attribution maps, each cut to the connected part that holds the map's peak.
 
     The top pixels of a map often fall on two objects; one edit should change one feature (and an
@@ -28,7 +28,7 @@ def attribution_masks(study, maps, fraction, dilate_px, feather_px) -> np.ndarra
 
     masks = []
     for grid in maps:
-        mask = attribution_mask(grid, study.generator.image_size, top_fraction=fraction, dilate_px=dilate_px,
+        mask = attribution_mask(grid, bench.generator.image_size, top_fraction=fraction, dilate_px=dilate_px,
                                 feather_px=feather_px)
         parts, _ = label(mask > 0)
         peak = np.unravel_index(np.argmax(np.where(mask > 0, upsample(grid, mask.shape), -np.inf)), mask.shape)
@@ -36,7 +36,7 @@ def attribution_masks(study, maps, fraction, dilate_px, feather_px) -> np.ndarra
     return np.stack(masks)
 
 
-def edit_each(study, action: str, subjects, masks, concepts, seed: int) -> dict:
+def edit_each(bench, action: str, subjects, masks, concepts, seed: int) -> dict:
     """Edit each subject (an Edit) on its own, seeded by position; a pair the generator refuses is skipped.
 
     Returns
@@ -55,14 +55,14 @@ def edit_each(study, action: str, subjects, masks, concepts, seed: int) -> dict:
             continue
         try:
             if action == "remove":
-                edit = study.generator.remove([subject], masks[i][None], seed=seeds[i])[0]
+                edit = bench.generator.remove([subject], masks[i][None], seed=seeds[i])[0]
             else:
-                edit = study.generator.insert([subject], masks[i][None], [concept], seed=seeds[i])[0]
+                edit = bench.generator.insert([subject], masks[i][None], [concept], seed=seeds[i])[0]
         except MineInputError as error:
             reasons.append(str(error))
             continue
         if np.shape(edit.image) != np.shape(subject.image):
-            raise MineInputError(f"{type(study.generator).__name__} returned an edit of shape {np.shape(edit.image)} "
+            raise MineInputError(f"{type(bench.generator).__name__} returned an edit of shape {np.shape(edit.image)} "
                                  f"for an image of shape {np.shape(subject.image)}; a generator's edits must keep "
                                  "the size.")
         edits.append(edit)
@@ -73,7 +73,7 @@ def edit_each(study, action: str, subjects, masks, concepts, seed: int) -> dict:
             "kept": np.asarray(kept, int), "reasons": reasons}
 
 
-def edit_result(study, kind: str, record: dict, pairs: dict, masks, edits: dict) -> dict:
+def edit_result(bench, kind: str, record: dict, pairs: dict, masks, edits: dict) -> dict:
     """Responses and deltas of an edit experiment, on the pairs edited (summarised by :func:`edit_summaries`)."""
     kept = edits["kept"]
     result = {key: (value[kept] if isinstance(value, np.ndarray) and len(value) == len(pairs["row"])
@@ -84,9 +84,9 @@ def edit_result(study, kind: str, record: dict, pairs: dict, masks, edits: dict)
     voxels = result["voxel"]
     edited = {"images": edits["images"], "scenes": edits["scenes"], "predicted": None, "true": None}
     if len(kept):
-        edited["predicted"] = study.predict(edits["images"], voxels) - result["predicted_original"]
-        if study.truth is not None:
-            edited["true"] = study.true(edits["edits"], voxels) - result["true_original"]
+        edited["predicted"] = bench.predict(edits["images"], voxels) - result["predicted_original"]
+        if bench.truth is not None:
+            edited["true"] = bench.true(edits["edits"], voxels) - result["true_original"]
     result["conditions"] = {"edited": edited}
     return result
 
@@ -106,11 +106,11 @@ def removed_category(before, after) -> str:
     return gone[0].category if gone else ""
 
 
-def driving_object_hit(study, originals, edited, voxels) -> float:
+def driving_object_hit(bench, originals, edited, voxels) -> float:
     """Fraction of removals that took out the object whose own drive of the voxel is the largest (truth)."""
     from napari_mine.synthetic.brain import object_drives
 
-    drives = object_drives(study.truth.brain, originals)[np.arange(len(voxels)), :, study.truth_voxels[voxels]]
+    drives = object_drives(bench.truth.brain, originals)[np.arange(len(voxels)), :, bench.truth_voxels[voxels]]
     hits = [before.objects[int(np.argmax(drive[:len(before.objects)]))] not in after.objects
             for before, after, drive in zip(originals, edited, drives)]
     return float(np.mean(hits))

@@ -1,4 +1,4 @@
-"""The whole validation run: one study, one sample of pairs, every experiment, and what summary.json keeps.
+"""The whole validation run: one workbench, one sample of pairs, every experiment, and what summary.json keeps.
 
 The run is chunked (an experiment on a batch of pairs per chunk, kept in ``.validation.partial/``), so it
 resumes after an interruption and runs on Dask (``distributed.run_chunks``); the summary is rewritten after
@@ -20,7 +20,7 @@ from napari_mine.errors import MineInputError
 from napari_mine.validate.experiments import summarized
 from napari_mine.validate.pairs import CATEGORY_ROIS, IMAGES_PER_VOXEL, N_VOXELS, TOP_K, sample_pairs
 from napari_mine.validate.stats import N_BOOT, delta_ratio
-from napari_mine.validate.study import open_study
+from napari_mine.validate.workbench import open_workbench
 
 EXPERIMENTS = ("sufficiency", "removal", "insertion", "profile_insertion")
 CHUNK_VOXELS = 16  # voxels per batch of pairs: 8 batches of the default 128 voxels, a few seconds each here
@@ -39,7 +39,7 @@ def run_validation(results, generator, truth=None, *, backbone=None, space=None,
     The pairs are cut into batches of ``chunk_voxels`` voxels (with all their pairs); a chunk is one
     experiment on one batch, seeded by the batch (never by when it ran), and its result is kept in the
     results' ``.validation.partial/`` folder: the unit of resume, of progress (in pairs) and, with a Dask
-    ``client``, of tasks (each worker opens the study once, from the results folder and the pickled
+    ``client``, of tasks (each worker opens the workbench once, from the results folder and the pickled
     ``generator`` and ``truth``). Once all of an experiment's chunks are done they are merged and summarised
     over all pairs, and the summary is rewritten with ``"complete": False`` until the last, so a failure keeps
     the experiments already done (and leaves the rest of summary.json as it was); the example strips go to
@@ -49,7 +49,7 @@ def run_validation(results, generator, truth=None, *, backbone=None, space=None,
     Parameters
     ----------
     results, generator, truth, images, backbone
-        See :func:`~napari_mine.validate.open_study` (opened once, shared by every experiment).
+        See :func:`~napari_mine.validate.open_workbench` (opened once, shared by every experiment).
     space : vocabulary.ConceptSpace, optional
     n_voxels, images_per_voxel, top_k, min_nc_r, rois
         See :func:`~napari_mine.validate.sample_pairs`.
@@ -74,12 +74,12 @@ def run_validation(results, generator, truth=None, *, backbone=None, space=None,
     """
     from napari_mine import report_validation
     from napari_mine.distributed import run_chunks
-    from napari_mine.validate.tasks import StudySpec, validation_chunk
+    from napari_mine.validate.tasks import WorkbenchSpec, validation_chunk
     from napari_mine.store import ResultsStore
     from napari_mine.validate.descriptions import checked_space
 
-    study = open_study(results, generator, truth, images, backbone)
-    space = checked_space(study, space)
+    bench = open_workbench(results, generator, truth, images, backbone)
+    space = checked_space(bench, space)
     settings = {"n_voxels": n_voxels, "images_per_voxel": images_per_voxel, "top_k": top_k, "min_nc_r": min_nc_r,
                 "rois": list(rois), "n_boot": n_boot, "seed": seed, "generator": type(generator).__name__,
                 "vocabulary": space.vocabulary.name, "true_brain": truth is not None}
@@ -95,9 +95,9 @@ def run_validation(results, generator, truth=None, *, backbone=None, space=None,
     pairs = sample_pairs(results, n_voxels=n_voxels, images_per_voxel=images_per_voxel, top_k=top_k,
                          min_nc_r=min_nc_r, rois=rois, seed=seed)
     batches = pair_batches(pairs, chunk_voxels)
-    source = study
+    source = bench
     if client is not None:  # sent to every worker once, not with each task
-        source = client.scatter(StudySpec(str(results.root), checkpoint, generator, truth, images is not None,
+        source = client.scatter(WorkbenchSpec(str(results.root), checkpoint, generator, truth, images is not None,
                                           uuid.uuid4().hex), broadcast=True, hash=False)
     options = {"space": space}
     chunks = [(validation_chunk, (source, name, batch, batch_seed(seed, b), options), len(batch["row"]))

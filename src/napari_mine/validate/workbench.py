@@ -1,8 +1,8 @@
-"""What every experiment reads, gathered once: the :class:`Study` over one results folder.
+"""What every experiment reads, gathered once: the :class:`Workbench` over one results folder.
 
 A validation run asks the same things again and again — the encoder's W̃ and b̃, the stored features, the
 token contributions of a pair's image, the originals as the generator sees them, the true brain's response —
-so they are read and checked once per run (:func:`open_study`), through the one read path
+so they are read and checked once per run (:func:`open_workbench`), through the one read path
 (:class:`~napari_mine.results.Results`), and handed to each experiment. The generator is driven through its
 interface alone: originals and edits are :class:`~napari_mine.generate.base.Edit` subjects, and the true
 brain answers for ``edit.scene``, so nothing here asks which backend it is.
@@ -20,10 +20,10 @@ WORLD_CHECK_ROWS = 16  # rows whose scenes must agree between the generator and 
 
 
 @dataclass
-class Study:
+class Workbench:
     """The results' encoder and features, the backbone, the generator, the images and the truth.
 
-    Built by :func:`open_study`; originals are the images as the generator sees them (a synthetic scene
+    Built by :func:`open_workbench`; originals are the images as the generator sees them (a synthetic scene
     rendered at the generator's size, or a dataset image resized to it), so edits and their originals are
     encoded the same way.
     """
@@ -74,7 +74,7 @@ class Study:
         return self.generator.originals(self.image_ids[rows], images)
 
 
-def open_study(results, generator, truth=None, images=None, backbone=None) -> Study:
+def open_workbench(results, generator, truth=None, images=None, backbone=None) -> Workbench:
     """Check the inputs fit together and read what the experiments share.
 
     Parameters
@@ -93,7 +93,7 @@ def open_study(results, generator, truth=None, images=None, backbone=None) -> St
 
     Returns
     -------
-    Study
+    Workbench
     """
     from napari_mine.generate.base import checked_generator
 
@@ -104,20 +104,20 @@ def open_study(results, generator, truth=None, images=None, backbone=None) -> St
     backbone = results.backbone() if backbone is None else backbone
     results.check_model(backbone.record["id"])
     weights, bias = results.weights()
-    study = Study(results, backbone, generator, truth, images, weights, bias, results.features(), results.image_ids)
-    last = int(np.argmax(study.image_ids))
-    probe = study.originals([last])[0]  # the generator can make originals of every row (ids, or images given)
+    bench = Workbench(results, backbone, generator, truth, images, weights, bias, results.features(), results.image_ids)
+    last = int(np.argmax(bench.image_ids))
+    probe = bench.originals([last])[0]  # the generator can make originals of every row (ids, or images given)
     if truth is not None:
         if probe.scene is None:
             raise MineInputError("True responses need the synthetic world's scenes; validate with the world's "
                                  "generator and truth, validate.world_validation(results), when passing a truth.")
-        study.truth_voxels = truth_voxels(results, truth)
-        rows = np.unique(np.r_[np.arange(min(WORLD_CHECK_ROWS, len(study.image_ids))), last])
-        if study.image_ids[last] >= len(truth.scenes) or \
-                [edit.scene for edit in study.originals(rows)] != study.true_scenes(rows):
+        bench.truth_voxels = truth_voxels(results, truth)
+        rows = np.unique(np.r_[np.arange(min(WORLD_CHECK_ROWS, len(bench.image_ids))), last])
+        if bench.image_ids[last] >= len(truth.scenes) or \
+                [edit.scene for edit in bench.originals(rows)] != bench.true_scenes(rows):
             raise MineInputError("The generator and the truth come from different worlds; load both from the "
                                  "same write_world folder.")
-    return study
+    return bench
 
 
 def truth_voxels(results, truth) -> np.ndarray:
@@ -161,5 +161,6 @@ def world_validation(results, size: int | None = None):
         raise MineInputError(f"{results.root} was not computed from the synthetic world, so the procedural "
                              "generator has no scenes to edit and there is no true brain; use a diffusers model "
                              "(--generator diffusers --model MODEL, or the editor's diffusers generator).")
-    truth = load_truth(root).for_space(results.space)  # on the surface: each vertex the voxel it copies
+    subject = int(results.manifest.source.get("subject", 1))  # a study world holds one truth per subject
+    truth = load_truth(root, subject).for_space(results.space)  # on the surface: each vertex the voxel it copies
     return ProceduralGenerator.from_world(root, size, truth=truth), truth
