@@ -103,6 +103,12 @@ _roi.analyse_roi = slow(_roi.analyse_roi)
 import napari_mine.distributed as distributed
 
 distributed._decompose_into = held(distributed._decompose_into)  # features still in flight when the viewer closes
+import napari_mine.decompose as decompose
+
+# one image per chunk of features: a closed job stops after the chunk in flight with the others still to do, so
+# the next run resumes and is in flight again (with one chunk for all 150 images, the first close completed it
+# and the second run recorded the step from the resumed partial without decomposing anything)
+decompose.TOKEN_CHUNK_BYTES = 1
 _editor.shared_generator = slow(_editor.shared_generator)
 _data.open_results = slow(_data.open_results)
 viewer = napari.Viewer(show=True)
