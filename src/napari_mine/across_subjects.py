@@ -222,7 +222,7 @@ def compare_subjects(study_root, space, *, labels=None, seed: int = 0, top_k: in
         The ``"subjects"`` section written into the study's summary.json.
     """
     from napari_mine.store import write_json_atomic
-    from napari_mine.study_steps import update_study_summary
+    from napari_mine.store import update_summary
 
     study = Study.open(study_root)
     if len(study.subjects) < 2:
@@ -288,7 +288,7 @@ def compare_subjects(study_root, space, *, labels=None, seed: int = 0, top_k: in
     write_json_atomic(folder / PROFILES_FILE, {"concepts": list(space.vocabulary.concepts),
                                                "groups": list(space.vocabulary.groups), "profiles": profiles})
     write_json_atomic(folder / DESCRIPTIONS_FILE, descriptions)
-    update_study_summary(study.root, SECTION, section)
+    update_summary(study.root, SECTION, section)
     return section
 
 

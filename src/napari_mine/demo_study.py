@@ -35,9 +35,9 @@ def run_study_demo(out: str | Path, *, n_subjects: int = 3, seed: int = 0, n_ima
     from napari_mine.pipeline import profile_step, report_step, validate_step
     from napari_mine.report_validation import validation_html
     from napari_mine.report_study import write_study_report
-    from napari_mine.store import ResultsStore
+    from napari_mine.store import ResultsStore, update_summary
     from napari_mine.study import Study
-    from napari_mine.study_steps import compute_study_features, fit_study, update_study_summary
+    from napari_mine.study_steps import compute_study_features, fit_study
     from napari_mine.synthetic.write_nsd import write_world
     from napari_mine.vocabulary import concept_space, synthetic_vocabulary
 
@@ -82,6 +82,6 @@ def run_study_demo(out: str | Path, *, n_subjects: int = 3, seed: int = 0, n_ima
     log("comparing the subjects on their shared images")
     compare_subjects(out, space_of_concepts, seed=seed)
     timings["comparison_s"] = time.perf_counter() - start
-    update_study_summary(out, "timings", {k: round(v, 2) for k, v in timings.items()})
+    update_summary(out, "timings", {k: round(v, 2) for k, v in timings.items()})
     write_study_report(out, title=f"napari-mine study demo: {n_subjects} synthetic subjects")
     return out / "summary.json"

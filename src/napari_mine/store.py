@@ -198,11 +198,17 @@ class ResultsStore:
 
     def update_summary(self, section: str, values: dict) -> dict:
         """Merge `values` under `section` in summary.json (atomic), returning the whole summary."""
-        path = self.root / "summary.json"
-        summary = json.loads(path.read_text()) if path.exists() else {}
-        summary[section] = values
-        write_json_atomic(path, summary)
-        return summary
+        return update_summary(self.root, section, values)
+
+
+def update_summary(folder: str | os.PathLike, section: str, values) -> dict:
+    """Merge ``values`` under ``section`` in ``folder/summary.json`` (a results or a study folder), atomically;
+    returns the whole summary."""
+    path = Path(folder) / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary[section] = values
+    write_json_atomic(path, summary)
+    return summary
 
 
 class PartialStep:

@@ -15,8 +15,8 @@ import numpy as np
 
 from napari_mine.errors import MineInputError
 from napari_mine.pipeline import Progress, StopFlag, decompose_step, digest, fit_encoder_step, save_brain
-from napari_mine.store import ResultsStore, write_arrays, write_json_atomic
-from napari_mine.study import STIMULI, SUMMARY, Study, add_subjects, start_study, subject_folder
+from napari_mine.store import ResultsStore, update_summary, write_arrays
+from napari_mine.study import STIMULI, Study, add_subjects, start_study, subject_folder
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def compute_study_features(load_subject: Callable[[int], object], subjects: Iter
     counts = {"images_decomposed": int(len(ids)),
               "images_summed_over_subjects": int(sum(len(store) for store in images.values())),
               "images_per_subject": {subject_folder(s): int(len(store)) for s, store in images.items()}}
-    update_study_summary(root, "features", counts)
+    update_summary(root, "features", counts)
     return counts
 
 
@@ -95,24 +95,20 @@ def fit_study(root: str | Path, *, client=None, on_progress: Progress = None) ->
     """
     study = Study.open(root)
     roots = {subject: str(study.subject_root(subject)) for subject in study.subjects}
-    total, done, summaries = len(roots), 0, {}
     if on_progress is not None:
-        on_progress(0, total)
+        on_progress(0, len(roots))
     if client is None:
-        for subject, folder in roots.items():
-            summaries[subject] = fit_subject(folder)
-            done += 1
-            if on_progress is not None:
-                on_progress(done, total)
+        finished = ((subject, fit_subject(folder)) for subject, folder in roots.items())
     else:
         from distributed import as_completed
 
         futures = {client.submit(fit_subject, folder, pure=False): subject for subject, folder in roots.items()}
-        for future in as_completed(futures):
-            summaries[futures[future]] = future.result()
-            done += 1
-            if on_progress is not None:
-                on_progress(done, total)
+        finished = ((futures[future], future.result()) for future in as_completed(futures))
+    summaries = {}
+    for done, (subject, summary) in enumerate(finished, start=1):
+        summaries[subject] = summary
+        if on_progress is not None:
+            on_progress(done, len(roots))
     return dict(sorted(summaries.items()))
 
 
@@ -124,14 +120,3 @@ def fit_subject(folder: str) -> dict:
         return fit_encoder_step(Results.open(folder).dataset(), ResultsStore.open(folder))
     except MineInputError as error:
         raise MineInputError(f"{Path(folder).name}: {error}") from None
-
-
-def update_study_summary(root: str | Path, section: str, values) -> dict:
-    """Merge ``values`` under ``section`` in the study's summary.json (atomic), returning the whole summary."""
-    path = Path(root) / SUMMARY
-    import json
-
-    summary = json.loads(path.read_text()) if path.is_file() else {}
-    summary[section] = values
-    write_json_atomic(path, summary)
-    return summary
