@@ -30,7 +30,7 @@ from napari_mine.spaces import SurfaceSpace, VolumeSpace
 FORMAT = "napari-mine-results"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-TOKEN_CACHE_BYTES = 512 * 2**20  # decompressed token chunks kept per session (a slider revisits the same ones)
+TOKEN_CACHE_BYTES = 512 * 2**20  # token chunks kept per session, as float32 (a slider revisits the same ones)
 SAVED_PROFILES_BYTES = 512 * 2**20  # saved scores + baselines up to this are held in memory, larger read by rows
 CONCEPTS_DIR = "concepts"  # text embeddings of vocabularies by this folder's model (model id, vocabulary digest)
 OPEN_SESSIONS = 4  # read sessions kept by open_results (each holds its weights, features and token chunks)
@@ -458,11 +458,12 @@ class Results:
         return int(row)
 
     def tokens(self, rows) -> np.ndarray:
-        """Token contributions of image rows (n, T, D), through a bounded cache of decompressed chunks.
+        """Token contributions of image rows (n, T, D), through a bounded cache of storage chunks.
 
-        A row costs the decompression of its whole storage chunk, so chunks are kept (least recently used
-        out first, about ``TOKEN_CACHE_BYTES``): a slider or clicks on targets that share top images read
-        each chunk once.
+        A row costs the read of its whole storage chunk (8 MB; decompressed too in folders written before the
+        cache was stored uncompressed, widened from float16 in a float16 cache), so chunks are kept (least
+        recently used out first, about ``TOKEN_CACHE_BYTES``): a slider or clicks on targets that share top
+        images read each chunk once.
         """
         rows = np.asarray(rows, dtype=int)
         if self.shared_stimuli:
@@ -644,7 +645,7 @@ class Results:
 
     @property
     def token_rows_per_chunk(self) -> int:
-        """Image rows per storage chunk of the token cache (reading one row decompresses its chunk)."""
+        """Image rows per storage chunk of the token cache (reading one row reads its chunk)."""
         if self.shared_stimuli:
             return self.shared_stimuli[0].token_rows_per_chunk
         return int(self._tokens_array().chunks[0])
