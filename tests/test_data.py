@@ -378,3 +378,16 @@ def test_source_record_reloads_the_same_dataset(nsd_subject, generic_folder):
         assert np.array_equal(again.images.ids, dataset.images.ids) and again.rois.keys() == dataset.rois.keys()
     with pytest.raises(MineInputError, match="mask array"):
         dataset_from_source(load_nsd(nsd_subject.root, mask=nsd_subject.mask).source)
+
+
+def test_generic_stimuli_open_from_the_record_without_the_responses(generic_folder, monkeypatch):
+    from napari_mine.data import generic
+
+    folder, volumes, mask, _ = generic_folder
+    np.save(folder / "responses.npy", volumes[mask].T)
+    dataset = load_generic(folder)
+    monkeypatch.setattr(generic, "_read_responses", lambda *args: pytest.fail("the responses were read"))
+    images = generic.open_generic_images(json.loads(json.dumps(dataset.source)))
+    assert len(images) == len(dataset.images) and np.array_equal(images.ids, dataset.images.ids)
+    for row in range(len(images)):
+        np.testing.assert_array_equal(images[row], dataset.images[row])

@@ -100,16 +100,24 @@ def profiled(tmp_path):
     roi.flat[:n_targets] = rng.integers(0, 3, n_targets)
     with store.write_step("brain", {"roi_labels": {"floc-faces": {"1": "FFA-1", "2": "FFA-2"}}}) as group:
         write_arrays(group, {"mask": mask, "affine": np.eye(4), "roi/floc-faces": roi})
-    in_memory, by_label = profile_step(store, space, top_k=6, block=128)
+    saved, by_label = profile_step(store, space, top_k=6, block=128)
+    in_memory = dataclasses.replace(saved, scores=saved.scores[...], baseline=saved.baseline[...])  # past a rerun
     return store, space, in_memory, by_label
 
 
-def test_saved_profiles_too_large_to_hold_are_read_by_rows(profiled, monkeypatch):
-    store, space, in_memory, by_label = profiled
-    assert isinstance(in_memory.scores, np.ndarray)  # small: held whole, a click reads nothing
-    assert store.results().group("profiles")["scores"].chunks == (128, 30)  # a block, under PROFILE_ROWS_PER_CHUNK
+def test_saved_profiles_are_read_by_rows_until_held_and_too_large_ones_stay_on_disk(profiled, monkeypatch):
+    store, space, computed, by_label = profiled
+    results = store.results()
+    lazy = results.saved_profiles(space)  # what a first click reads: its rows, not every target's
+    assert not isinstance(lazy.scores, np.ndarray) and not isinstance(lazy.baseline, np.ndarray)
+    assert results.group("profiles")["scores"].chunks == (128, 30)  # a block, under PROFILE_ROWS_PER_CHUNK
+    assert results.hold_saved_profiles(space)  # small: the viewer's preload holds them, a click then reads nothing
+    in_memory = results.saved_profiles(space)
+    assert isinstance(in_memory.scores, np.ndarray) and isinstance(in_memory.baseline, np.ndarray)
+    np.testing.assert_array_equal(in_memory.scores, computed.scores)
     monkeypatch.setattr(results_module, "SAVED_PROFILES_BYTES", 0)
     results = store.results()
+    assert not results.hold_saved_profiles(space)
     lazy = results.saved_profiles(space)
     assert not isinstance(lazy.scores, np.ndarray) and not isinstance(lazy.baseline, np.ndarray)
     assert lazy.ranked(5) == in_memory.ranked(5) and lazy.ranked(5, baseline=True) == in_memory.ranked(5, baseline=True)

@@ -543,6 +543,10 @@ class Results:
             tree = NsdTree(source["root"], int(source.get("subject", 1)))
             stimuli = tree.require("nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5")
             return ImageStore.from_hdf5(stimuli, self.image_ids)
+        if self.manifest.source_format == "generic" and "dataset" not in self._cache:
+            from napari_mine.data.generic import open_generic_images
+
+            return open_generic_images(source)
         return self.dataset().images
 
     def backbone(self, checkpoint: str | os.PathLike | None = None, device: str = "auto"):
@@ -628,7 +632,7 @@ class Results:
 
         space = self._cache[("space", vocabulary or self.default_vocabulary())]
         if self.manifest.settings("profiles").get("vocabulary_digest") == space.vocabulary.digest:
-            return "profiles" in self._cache
+            return isinstance(getattr(self._cache.get("profiles"), "scores", None), np.ndarray)
         return self.tokens_loaded(self.top_images(target, DEFAULT_TOP_K)[0])
 
     def tokens_loaded(self, rows) -> bool:
@@ -737,10 +741,11 @@ class Results:
     def saved_profiles(self, space):
         """The profiles step's results when they were computed in ``space``'s vocabulary, else None.
 
-        Scores and baselines (targets × concepts) up to ``SAVED_PROFILES_BYTES`` are read whole, once, so a
-        click reads nothing; larger ones (327,684 vertices × 4,086 concepts: 10.7 GB) stay zarr arrays that
-        ``scores[rows]`` reads by rows, so no query holds them all. Top images, region masses and voxels (a
-        few numbers per target) are read whole.
+        Scores and baselines (targets × concepts: 10.7 GB at 327,684 vertices × 4,086 concepts) start as zarr
+        arrays that ``scores[rows]`` reads by rows, so a first click reads one chunk, not all of them; up to
+        ``SAVED_PROFILES_BYTES`` they are then held in memory by :meth:`hold_saved_profiles` (the viewer's
+        preload), after which a click reads nothing. Top images, region masses and voxels (a few numbers per
+        target) are read whole.
         """
         from napari_mine.describe import VoxelProfiles
 
@@ -752,12 +757,24 @@ class Results:
         with self._lock:
             if "profiles" not in self._cache:
                 group = self.group("profiles")
-                wide = ("scores", "baseline")
-                by_rows = sum(group[name].nbytes for name in wide) > SAVED_PROFILES_BYTES
-                arrays = {name: group[name] if by_rows and name in wide else np.asarray(group[name][...])
-                          for name in wide + ("top_images", "region_mass", "voxels")}
-                self._cache["profiles"] = VoxelProfiles(tuple(group.attrs["concepts"]), **arrays)
+                arrays = {name: np.asarray(group[name][...]) for name in ("top_images", "region_mass", "voxels")}
+                self._cache["profiles"] = VoxelProfiles(tuple(group.attrs["concepts"]), group["scores"],
+                                                        group["baseline"], **arrays)
             return self._cache["profiles"]
+
+    def hold_saved_profiles(self, space) -> bool:
+        """Read the saved scores and baselines into memory when they fit in ``SAVED_PROFILES_BYTES``; whether
+        they are held. The read runs outside the session's lock: queries meanwhile read their rows from disk."""
+        saved = self.saved_profiles(space)
+        if saved is None or isinstance(saved.scores, np.ndarray):
+            return saved is not None
+        if saved.scores.nbytes + saved.baseline.nbytes > SAVED_PROFILES_BYTES:
+            return False
+        held = replace(saved, scores=_read_by_chunks(saved.scores), baseline=_read_by_chunks(saved.baseline))
+        with self._lock:
+            if self._cache.get("profiles") is saved:
+                self._cache["profiles"] = held
+        return True
 
     def profiles(self, space, targets=None, *, top_k: int | None = None, mass: float | None = None,
                  use_saved: bool = True, block: int | None = None):
@@ -859,6 +876,16 @@ class Results:
         return RoiReport(roi, name, int(targets.size), top_concepts(profiles.scores.mean(axis=0), concepts, 10),
                          top_concepts(profiles.baseline.mean(axis=0), concepts, 10), clusters, cluster_profiles,
                          sizes, clustering.silhouettes, space.vocabulary.name)
+
+
+def _read_by_chunks(array) -> np.ndarray:
+    """A zarr array read whole, one row of chunks per read: a query reading a few rows meanwhile waits for one
+    chunk's read, not for all of them (zarr queues the chunks of one read before any later read's)."""
+    values = np.empty(array.shape, array.dtype)
+    step = array.chunks[0]
+    for start in range(0, array.shape[0], step):
+        values[start:start + step] = array[start:start + step]
+    return values
 
 
 def _read_only(values: np.ndarray) -> np.ndarray:

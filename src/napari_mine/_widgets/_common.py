@@ -49,6 +49,11 @@ def store_layers(viewer, role: str | None = None, store: str | None = None) -> l
     return found
 
 
+def marked_voxels(viewer, store: str | None = None) -> list:
+    """The "selected voxel" layers that mark one (the inspector makes a store's marker empty when it opens)."""
+    return [layer for layer in store_layers(viewer, role="voxel", store=store) if "voxel" in mine_meta(layer)]
+
+
 def current_store(viewer) -> str | None:
     """The store of the selected layer, else of the topmost store layer."""
     active = viewer.layers.selection.active

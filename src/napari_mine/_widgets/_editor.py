@@ -35,6 +35,7 @@ from napari_mine._widgets._common import (
     StagedJobs,
     brain_layer,
     current_store,
+    marked_voxels,
     mine_meta,
     report_failure,
     staged,
@@ -249,7 +250,7 @@ class CounterfactualEditor(StagedJobs, QWidget):
         self._refresh_target()
 
     def _voxel_layer(self, store):
-        layers = store_layers(self.viewer, role="voxel", store=store)
+        layers = marked_voxels(self.viewer, store)
         return layers[0] if layers else None
 
     def _refresh_target(self, event=None) -> None:

@@ -100,24 +100,37 @@ def _space(view, vocabulary, checkpoint):
         return None, f"No descriptions: {error}"
 
 
-def warm_up(store: str, vocabulary: str | None, checkpoint: str | None, row: int | None) -> str:
+def warm_up(store: str, vocabulary: str | None, checkpoint: str | None, row: int | None):
     """Worker job: read what the first click needs before it comes, the cheapest and most needed first: the
     encoder and features, the space, the concept space (its text embeddings from the folder; embedded by the
-    backbone and stored there the first time only), the token chunk under the slider, the stimuli and the
-    saved profiles. The backbone itself is loaded only when the vocabulary needs embedding."""
+    backbone and stored there the first time only), the token chunk under the slider and the stimuli. The
+    backbone itself is loaded only when the vocabulary needs embedding. Returns the store and the shape of its
+    patch grid (None without a fitted encoder or stimuli)."""
+    from napari_mine.attribution import to_patch_grid
+
     view = open_results(store)
     view.space  # noqa: B018 - reads the mask and ROI volumes once
+    grid = None
     if view.is_fitted:
         view.weights()
         view.features()
         view.rest()
         view.accuracy  # noqa: B018 - reads once
-        space, _ = _space(view, vocabulary, checkpoint)
+        _space(view, vocabulary, checkpoint)
         if row is not None:
-            view.tokens([row])
+            grid = to_patch_grid(np.zeros(view.tokens([row]).shape[1])).shape
         view.images  # noqa: B018 - opens the stimuli
+    return store, grid
+
+
+def hold_profiles(store: str, vocabulary: str | None, checkpoint: str | None) -> str:
+    """Worker job, after :func:`warm_up`: the saved profiles into memory (when they fit), so clicks read none;
+    a click meanwhile reads its own rows from disk."""
+    view = open_results(store)
+    if view.is_fitted:
+        space, _ = _space(view, vocabulary, checkpoint)
         if space is not None:
-            view.saved_profiles(space)
+            view.hold_saved_profiles(space)
     return store
 
 
@@ -316,6 +329,26 @@ class VoxelInspector(QWidget):
                       returned=self._on_warmed)
 
     def _on_warmed(self, value) -> None:
+        """A store's first click is ready to be answered: its layers for the answer are made now (a napari layer's
+        first insertion and draw cost about a second here), then the saved profiles are held."""
+        if report_failure(value):
+            return
+        store, grid = value
+        brain = brain_layer(self.viewer, store)
+        if brain is None:
+            return
+        target = _Target(0, store, brain, self._stimuli_of(store))
+        if study_of(self.viewer, store) is None and not is_surface(brain):  # a study's grid places its own layers
+            active = self.viewer.layers.selection.active
+            self._marker_layer(target)
+            if grid is not None and target.stimuli is not None:
+                self._overlay_layer(target, grid)
+            self.viewer.layers.selection.active = active  # what the user had selected
+        meta = mine_meta(brain)
+        start_job(self, hold_profiles, store, meta.get("vocabulary"), meta.get("checkpoint"),
+                  returned=self._on_held)
+
+    def _on_held(self, value) -> None:
         if not report_failure(value):
             self.preloaded.emit(value)
 
@@ -375,16 +408,14 @@ class VoxelInspector(QWidget):
         return start_job(self, *job, returned=self._on_report)
 
     def _answers_here(self, store: str, ijk, row: int | None, vocabulary) -> bool:
-        """Whether a click's report is a few milliseconds of work: everything it reads is in memory and its
-        top images' thumbnails are drawn already (a worker's hand-off and second redraw would cost more)."""
+        """Whether a click's report is a few milliseconds of work: everything it reads is in memory but its top
+        images, one read each (~20 ms in all for a new voxel of a ViT-B/16 store). A worker's hand-off costs
+        more: the report then competes for the GIL with the redraw, 100 ms and more on 2 cores."""
         view = open_results(store)
         if ijk is None or not view.loaded([] if row is None else [row], vocabulary):
             return False
         voxel = view.space.target_at(ijk)
-        if voxel is None:
-            return True  # a message only
-        rows, _ = view.top_images(voxel, N_TOP_IMAGES)
-        return all((store, int(r)) in self._icons for r in rows) and view.profile_loaded(voxel, vocabulary)
+        return voxel is None or view.profile_loaded(voxel, vocabulary)  # None: a message only
 
     def _new_target(self, store, brain, stimuli) -> _Target:
         self._request += 1
@@ -492,23 +523,26 @@ class VoxelInspector(QWidget):
         if is_surface(target.brain):
             mark_site(self.viewer, target.store, voxel, ijk, VOXEL_LAYER)
             return
+        marker = self._marker_layer(target)
+        if marker.data.shape == (1, len(ijk)):  # moved in place: a new .data re-slices every layer
+            marker.data[0] = ijk
+            marker.refresh(highlight=False)
+        else:
+            marker.data = np.asarray([ijk], dtype=float)
+        marker.metadata = layer_metadata(target.store, "voxel", voxel=int(voxel), ijk=list(ijk))
+
+    def _marker_layer(self, target: _Target):
+        """The store's "selected voxel" layer (a ring; made empty the first time)."""
         layers = store_layers(self.viewer, role="voxel", store=target.store)
-        metadata = layer_metadata(target.store, "voxel", voxel=int(voxel), ijk=list(ijk))
         if layers:
-            marker = layers[0]
-            if marker.data.shape == (1, len(ijk)):  # moved in place: a new .data re-slices every layer
-                marker.data[0] = ijk
-                marker.refresh(highlight=False)
-            else:
-                marker.data = np.asarray([ijk], dtype=float)
-            marker.metadata = metadata
-            return
-        self.viewer.add_points(
-            np.asarray([ijk], dtype=float), name=VOXEL_LAYER, ndim=3, scale=target.brain.scale,
-            translate=target.brain.translate, size=3, symbol="ring", face_color="#00e5ff", border_width=0,
-            metadata=metadata,
+            return layers[0]
+        marker = self.viewer.add_points(
+            np.zeros((0, 3)), name=VOXEL_LAYER, ndim=3, scale=target.brain.scale, translate=target.brain.translate,
+            size=3, symbol="ring", face_color="#00e5ff", border_width=0,
+            metadata=layer_metadata(target.store, "voxel"),
         )
         self.viewer.layers.selection.active = target.brain
+        return marker
 
     # ---- the attribution overlay ------------------------------------------------------------------
     def _on_dims_step(self, event=None):
@@ -528,8 +562,8 @@ class VoxelInspector(QWidget):
         self._overlay_row = row
         job = (_tagged, target.request, attribution_on_image, store, voxel, row, meta.get("vocabulary"),
                meta.get("checkpoint"))
-        if open_results(store).loaded([row], meta.get("vocabulary")):  # a few ms: answered before the redraw
-            self._on_attribution(run_here(*job))
+        if open_results(store).loaded([], meta.get("vocabulary")):  # a few ms (a token chunk's read: 3-15 ms)
+            self._on_attribution(run_here(*job))  # answered before the redraw
             return None
         return start_job(self, *job, returned=self._on_attribution)
 

@@ -28,6 +28,7 @@ from napari_mine._widgets._common import (
     BarChart,
     brain_layer,
     current_store,
+    marked_voxels,
     mine_meta,
     report_failure,
     show_densest_slice,
@@ -153,7 +154,7 @@ class RoiExplorer(QWidget):
         """Choose the ROI label of the voxel on the store's "selected voxel" layer; False if it has none."""
         from napari.utils.notifications import show_info
 
-        voxels = store_layers(self.viewer, role="voxel", store=self._store)
+        voxels = marked_voxels(self.viewer, self._store)
         if not voxels:
             show_info("Click a voxel with the Voxel inspector first.")
             return False

@@ -271,18 +271,27 @@ def _read_responses(path: Path, mask: np.ndarray, n_trials: int) -> np.ndarray:
 # Trials and images
 
 
-def _trial_table(table_path: Path | None, image_folder: Path, n_trials: int) -> tuple[np.ndarray, dict | None]:
-    """Image file name of each trial, and (when a split column exists) each image's test flag."""
+def open_generic_images(source: dict) -> ImageStore:
+    """The stimuli of a generic dataset (volume or surface) from its source record, in the loaders' order,
+    without reading its responses: all that the viewer's stimulus layer and thumbnails need."""
+    table_path, image_folder = _table_and_images(source.get("table"), source["images"], None)
+    names, _ = _trial_table(table_path, image_folder, None)
+    return ImageStore.from_files([image_folder / f for f in np.unique(names)], image_size=source.get("image_size"))
+
+
+def _trial_table(table_path: Path | None, image_folder: Path, n_trials: int | None) -> tuple[np.ndarray, dict | None]:
+    """Image file name of each trial, and (when a split column exists) each image's test flag; ``n_trials``
+    None checks no count."""
     if table_path is None:
         names = sorted(p.name for p in image_folder.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
-        if len(names) != n_trials:
+        if n_trials is not None and len(names) != n_trials:
             raise MineInputError(
                 f"{image_folder} has {len(names)} images for {n_trials} response rows and there is no trials.csv; "
                 "add a table with an 'image' column mapping each row to its image."
             )
         return np.array(names), None
     rows = _read_table(table_path)
-    if len(rows) != n_trials:
+    if n_trials is not None and len(rows) != n_trials:
         raise MineInputError(
             f"{table_path} has {len(rows)} rows but there are {n_trials} response rows; give one row per trial."
         )
