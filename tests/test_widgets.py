@@ -477,6 +477,118 @@ def test_fit_cancelled_during_features_leaves_the_store_unchanged(make_napari_vi
     assert fit.run_button.isEnabled()
 
 
+def fit_dock_on(make_napari_viewer, store):
+    """A viewer showing ``store`` (opened as a user would) and its Fit dock."""
+    viewer = make_napari_viewer()
+    viewer.open(str(store), plugin="napari-mine")
+    return viewer, dock(viewer, "Fit")
+
+
+def record_activity(job) -> list[str]:
+    """The descriptions the job's bar in napari's activity dock is given from now on (its stages)."""
+    described, describe = [], job.progress.set_description
+
+    def recorded(description, *args, **kwargs):
+        described.append(description)
+        return describe(description, *args, **kwargs)
+
+    job.progress.set_description = recorded
+    return described
+
+
+def test_fit_then_profile_and_validate_from_the_dock(make_napari_viewer, fitted_store, tmp_path, monkeypatch, qtbot):
+    import json
+
+    from napari_mine._widgets import _fit
+    from napari_mine.results import Manifest, open_results
+
+    store = fresh_copy(fitted_store, tmp_path, monkeypatch)  # no stored text embeddings: the vocabulary is embedded
+    monkeypatch.setattr(_fit, "PROFILE_BLOCK", 1000)  # 3 blocks of the world's 3,000 voxels
+    monkeypatch.setattr(_fit, "VALIDATION_VOXELS", 8)
+    viewer, fit = fit_dock_on(make_napari_viewer, store)
+    assert fit.validate.isEnabled() and "(synthetic vocabulary)" in fit.profile.text()
+    assert fit.run_button.text() == "Compute features and fit"
+    fit.profile.setChecked(True)
+    assert fit.run_button.text() == "Compute features, fit and profile"
+    fit.validate.setChecked(True)
+    assert fit.run_button.text() == "Compute features, fit, profile and validate"
+    seen = []
+    with qtbot.waitSignal(fit.job_finished, timeout=TIMEOUT_MS) as blocker:
+        job = fit.run()
+        job.worker.yielded.connect(seen.append)
+        described = record_activity(job)
+    assert blocker.args == ["done"]
+    reports = [report for report in seen if report is not None]
+    n_voxels = len(open_results(store).accuracy["r"])
+    assert any(stage == _fit.VOCABULARY and total > 0 for stage, _, total in reports)  # embedded, with progress
+    assert (_fit.PROFILES, n_voxels, n_voxels) in reports and any(stage == _fit.VALIDATION and done > 0
+                                                                  for stage, done, _ in reports)
+    assert {_fit.ENCODER, _fit.VOCABULARY, _fit.PROFILES, _fit.VALIDATION} <= set(described)
+    assert (store / "profiles.zarr").is_dir()
+    validation = json.loads((store / "summary.json").read_text())["validation"]
+    assert validation["complete"] and validation["n_pairs"] > 0
+    assert {"profiles", "clusters", "validation"} <= set(Manifest.read(store).steps)
+    assert "Computed: features, encoder, profiles, validation." in fit.target.text()
+    removal = validation["removal_sign_accuracy"]["predicted"]["value"]
+    assert f"profiles of {n_voxels} voxels" in fit.stage.text()
+    assert f"validation: sign accuracy of removal {removal:.2f}" in fit.stage.text()
+    assert layer_of(viewer, "accuracy").metadata[META]["store"] == str(store)
+
+
+def test_fit_cancelled_while_profiling_keeps_the_fit_and_the_complete_blocks(make_napari_viewer, fitted_store,
+                                                                             tmp_path, monkeypatch, qtbot):
+    from napari_mine._widgets import _fit
+    from napari_mine.results import Manifest
+
+    store = fresh_copy(fitted_store, tmp_path, monkeypatch)
+    fitted_before = Manifest.read(store).steps["encoder"].finished
+    monkeypatch.setattr(_fit, "PROFILE_BLOCK", 500)
+    viewer, fit = fit_dock_on(make_napari_viewer, store)
+    fit.profile.setChecked(True)
+    said = []
+
+    def cancel_after_a_block(report):
+        if report and report[0] == _fit.PROFILES and report[1] > 0 and not said:
+            fit.cancel()
+            said.append(fit.stage.text())
+
+    with qtbot.waitSignal(fit.job_finished, timeout=TIMEOUT_MS) as blocker:
+        job = fit.run()
+        job.worker.yielded.connect(cancel_after_a_block)
+    assert blocker.args == ["cancelled"] and said == ["Cancelling…"]
+    assert fit.stage.text() == fit.CANCELLED and job.ended.is_set()
+    steps = Manifest.read(store).steps
+    assert "profiles" not in steps and steps["encoder"].finished != fitted_before  # this job's fit is kept
+    assert (store / ".profiles.partial").is_dir()  # its complete blocks, which the next run resumes from
+    assert fit.run_button.isEnabled() and fit.run_button.text() == "Compute features, fit and profile"
+
+
+def test_fit_dock_validates_only_results_of_the_synthetic_world(make_napari_viewer, fitted_store, tmp_path,
+                                                                monkeypatch):
+    import json
+
+    from napari_mine._reader import read_store
+    from napari_mine._widgets import FitWidget
+    from napari_mine._widgets._fit import NO_WORLD
+
+    store = fresh_copy(fitted_store, tmp_path, monkeypatch)
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["dataset"]["root"] = str(tmp_path / "elsewhere")  # a real dataset: no ground truth beside it
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in read_store(store, stimuli=False):
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    widget = FitWidget(viewer)
+    assert not widget.validate.isEnabled() and widget.validate.toolTip() == NO_WORLD
+    assert "(general vocabulary)" in widget.profile.text()
+    started = []
+    monkeypatch.setattr(widget, "run_staged", lambda description, job, *args: started.append(args))
+    widget.validate.setChecked(True)
+    widget.profile.setChecked(True)
+    widget.run()
+    assert started == [(str(store), None, False, "float32", True, None, False)]
+
+
 def test_opening_a_missing_folder_reports_an_error(make_napari_viewer, tmp_path, qtbot):
     from napari.utils.notifications import notification_manager
 

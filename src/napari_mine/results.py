@@ -571,12 +571,15 @@ class Results:
             return used
         return "synthetic" if self.manifest.world_root is not None else "general"
 
-    def concept_space(self, name: str | None = None, checkpoint: str | None = None):
+    def concept_space(self, name: str | None = None, checkpoint: str | None = None, *, on_progress=None,
+                      should_stop=None):
         """A vocabulary ("synthetic", "general" or a file) embedded by this folder's own model.
 
         The text embeddings are read from the folder's ``concepts/`` (or the user cache) when this model
         embedded the vocabulary before, so no backbone loads; otherwise the backbone embeds it once and the
-        embeddings are stored in the folder. Concurrent callers wait for one computation.
+        embeddings are stored in the folder. Concurrent callers wait for one computation. While embedding,
+        ``on_progress(done, total)`` is called in prompts after each batch of text (not at all when cached), and
+        ``should_stop()`` is checked then: a stop raises :class:`~napari_mine.errors.Cancelled`, caching nothing.
         """
         from napari_mine.vocabulary import ConceptSpace, cached_embeddings, embed_vocabulary, vocabulary_named
 
@@ -594,7 +597,8 @@ class Results:
             if embeddings is None:
                 embeddings = cached_embeddings(vocabulary, model_id)
                 if embeddings is None:
-                    embeddings = embed_vocabulary(vocabulary, self.backbone(checkpoint))
+                    report = _stoppable(on_progress, should_stop, "vocabulary embedding")
+                    embeddings = embed_vocabulary(vocabulary, self.backbone(checkpoint), on_progress=report)
                 space = ConceptSpace.from_embeddings(vocabulary, embeddings, model_id)
                 self.keep_concept_space(space)
             else:
@@ -934,6 +938,22 @@ def _measured_column(responses, n_images: int, n_targets: int, column: int) -> n
 
 _sessions: OrderedDict[str, tuple[tuple, Results]] = OrderedDict()
 _sessions_lock = threading.Lock()
+
+
+def _stoppable(on_progress, should_stop, what: str):
+    """An ``on_progress(done, total)`` that reports, then raises Cancelled when ``should_stop()`` (None: neither)."""
+    if on_progress is None and should_stop is None:
+        return None
+
+    def report(done: int, total: int) -> None:
+        if on_progress is not None:
+            on_progress(done, total)
+        if should_stop is not None and should_stop():
+            from napari_mine.errors import Cancelled
+
+            raise Cancelled(f"the {what} was cancelled at {done} of {total}; nothing was kept.")
+
+    return report
 
 
 def open_results(root: str | os.PathLike) -> Results:
