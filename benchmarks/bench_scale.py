@@ -14,8 +14,8 @@ Steps (``--steps``), each measured with the process's peak resident memory reset
   written to profiles.zarr) against the general vocabulary, for every ``--images`` × ``--targets``, on a
   results folder of random ViT-B/16-shaped token arrays (197 × 512, ``--token-dtype``; no model forward) with
   a random encoder; then the saved profiles read back (one target, one ROI's rows), time and peak RSS.
-* ``roi``: the ROI explorer's query (``Results.roi_report``: profiles + clustering) on that folder's largest
-  ROI label.
+* ``roi``: the ROI explorer's query (``Results.roi_report``: saved profiles' rows + clustering) on ROI labels of
+  ``--roi-sizes`` targets.
 * ``latency``: click and slider latency through the widgets (``bench_viewer.measure_latency``; needs Xvfb).
 
 Results merge into ``--json`` (default benchmarks/results/scale.json) so steps can run separately;
@@ -255,6 +255,23 @@ def token_store(work: Path, n_images: int, n_targets: int, token_dtype: str, log
     return store
 
 
+def random_encoder(store, n_targets: int):
+    """Write random effective weights for ``n_targets`` as the folder's encoder; its read session, the general
+    vocabulary's space and the profile step's record for them."""
+    from napari_mine import describe
+    from napari_mine.store import write_arrays
+
+    weights = np.random.default_rng(n_targets).standard_normal((MODELS["vit-b-16"][2], n_targets), np.float32)
+    with store.write_step("encoder", {"n_targets": n_targets}) as group:
+        write_arrays(group, {"effective_weights": weights, "effective_bias": np.zeros(n_targets, np.float32)})
+    results = store.results()
+    space = general_space(results)
+    record = {"vocabulary": space.vocabulary.name, "vocabulary_digest": space.vocabulary.digest,
+              "top_k": describe.DEFAULT_TOP_K, "block": describe.STORE_VOXEL_BLOCK,
+              "encoder": results.manifest.steps["encoder"].finished}
+    return results, space, record
+
+
 def disk_gb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e9
 
@@ -267,20 +284,11 @@ def bench_profiles(n_images: int, targets: list[int], work: Path, token_dtype: s
     ``extrapolate`` larger than those measured get extrapolated rows (:func:`extrapolated_profiles`)."""
     from napari_mine import describe
     from napari_mine.pipeline import _compute_profiles
-    from napari_mine.store import write_arrays
 
     store = token_store(work, n_images, max(targets), token_dtype, log)
     rows = []
     for n_targets in sorted(targets):
-        weights = np.random.default_rng(n_targets).standard_normal((MODELS["vit-b-16"][2], n_targets), np.float32)
-        with store.write_step("encoder", {"n_targets": n_targets}) as group:
-            write_arrays(group, {"effective_weights": weights, "effective_bias": np.zeros(n_targets, np.float32)})
-        del weights
-        results = store.results()
-        space = general_space(results)
-        record = {"vocabulary": space.vocabulary.name, "vocabulary_digest": space.vocabulary.digest,
-                  "top_k": describe.DEFAULT_TOP_K, "block": describe.STORE_VOXEL_BLOCK,
-                  "encoder": results.manifest.steps["encoder"].finished}
+        results, space, record = random_encoder(store, n_targets)
         figures, _ = measured(lambda: _compute_profiles(store, results, space, record, None, None, None))
         log(f"profiles, {n_images} images × {n_targets} targets: {figures['seconds']:.0f} s "
             f"({1e3 * figures['seconds'] / n_targets:.2f} ms per target), peak RSS {figures['peak_rss_mb']:.0f} MB, "
@@ -315,18 +323,35 @@ def extrapolated_profiles(rows: list[dict], targets: list[int]) -> list[dict]:
             for n in targets if n > largest["targets"]]
 
 
-def bench_roi(n_images: int, work: Path, log) -> list[dict]:
-    from napari_mine.results import Results
+def bench_roi(n_images: int, work: Path, sizes: list[int], log) -> list[dict]:
+    """The ROI explorer's query (``Results.roi_report``: the label's rows of the saved profiles, then k-means and
+    silhouettes for k = 2..6 over 4,086-d profiles) on ROI labels of ``sizes`` targets, each a run of adjacent
+    targets (as a compact ROI is), in a profiles folder of their own whose every target was profiled first (not
+    timed). NSD's category labels hold a few hundred voxels (1.8 mm) to a few thousand vertices (fsaverage)."""
+    from napari_mine.pipeline import _compute_profiles
+    from napari_mine.store import write_arrays
 
-    results = Results.open(vit_store(work, n_images, log))
-    space = general_space(results)
-    sizes = {(roi, label): int((results.space.roi_values(roi) == label).sum())
-             for roi, (_, labels) in results.space.rois.items() for label in labels}
-    (roi, label), size = max(sizes.items(), key=lambda item: item[1])
-    figures, report = measured(lambda: results.roi_report(roi, label, space))
-    log(f"ROI explorer, {n_images} images: {roi} label {label} ({size} targets) in {figures['seconds']:.1f} s")
-    return [{"step": "ROI explorer (largest ROI label)", "model": "vit-b-16", "images": n_images, "targets": size,
-             **figures, "extrapolated": False, "note": f"{roi} label {label}"}]
+    store = token_store(work / "roi", n_images, 2 * sum(sizes), "float32", log)
+    mask = np.asarray(store.results().space.mask)
+    n_targets = int(mask.sum())
+    roi = np.zeros(mask.shape, np.int16)
+    roi.ravel()[np.flatnonzero(mask.ravel())[:sum(sizes)]] = np.repeat(np.arange(1, len(sizes) + 1), sizes)
+    labels = {str(label): f"ROI-{size}" for label, size in enumerate(sizes, 1)}
+    with store.write_step("brain", {"roi_labels": {"floc-faces": labels}}) as group:
+        write_arrays(group, {"mask": mask, "affine": np.eye(4), "roi/floc-faces": roi})
+    results, space, record = random_encoder(store, n_targets)
+    _compute_profiles(store, results, space, record, None, None, None)
+    results = store.results()
+    rows = []
+    for label, size in enumerate(sizes, 1):
+        figures, report = measured(lambda label=label: results.roi_report("floc-faces", label, space))
+        log(f"ROI explorer, {n_images} images: a label of {size} targets in {figures['seconds']:.1f} s "
+            f"(k = {len(report.cluster_sizes)}), peak RSS {figures['peak_rss_mb']:.0f} MB")
+        rows.append({"step": "ROI explorer", "model": "vit-b-16", "images": n_images, "targets": size, **figures,
+                     "extrapolated": False,
+                     "note": f"saved profiles of {n_targets:,} targets read by the label's rows, k-means + silhouette "
+                             "for k = 2..6"})
+    return rows
 
 
 def bench_latency(n_images: int, work: Path, log) -> list[dict]:
@@ -455,6 +480,8 @@ def main(argv=None) -> None:
                         help="token cache of the profiles folder (float16 halves its disk)")
     parser.add_argument("--profile-extrapolate", nargs="*", type=int, default=[],
                         help="target counts whose profiles are extrapolated from the measured --targets")
+    parser.add_argument("--roi-sizes", nargs="+", type=int, default=[500, 2000, 5000],
+                        help="targets of each ROI label the ROI explorer is timed on")
     parser.add_argument("--work", type=Path, default=Path("/tmp/napari-mine-scale"), help="scratch folder")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--publish", action="store_true", help="write the markdown tables from the JSON")
@@ -477,12 +504,16 @@ def main(argv=None) -> None:
                     merge(args.json, bench_fit(args.model, n_images, n_targets, args.work, args.voxel_batch,
                                                args.sklearn_max_targets, log))
             elif step == "profiles":
+                measured_up_to = max(args.targets)
                 merge(args.json, bench_profiles(n_images, args.targets, args.work, args.token_dtype,
                                                 args.profile_extrapolate, log),
-                      superseded=lambda row: row["step"] == "profiles" and "measured_targets" in row)
-                # ^ rows of the earlier, sampled measurement (a sample's cost per target multiplied out)
+                      superseded=lambda row, n_images=n_images, measured_up_to=measured_up_to:
+                      row["step"] == "profiles" and row["images"] == n_images and row.get("extrapolated")
+                      and row["targets"] < measured_up_to)
+                # ^ rows multiplied out from fewer targets than this run measured
             elif step == "roi":
-                merge(args.json, bench_roi(n_images, args.work, log))
+                merge(args.json, bench_roi(n_images, args.work, args.roi_sizes, log),
+                      superseded=lambda row: row["step"] == "ROI explorer (largest ROI label)")
             elif step == "latency":
                 merge(args.json, bench_latency(n_images, args.work, log))
     if args.publish:

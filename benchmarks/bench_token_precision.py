@@ -165,7 +165,7 @@ def markdown(figures: dict) -> str:
              "encoder's prediction ŷ from the float32 features: Δ = Σ_t C_t W̃ + rest W̃ + b̃ − ŷ, per image and "
              "target, over the target's spread (std of ŷ over images), over \\|ŷ\\|, and per image over all "
              "targets; maps: ‖m16 − m32‖ / ‖m32‖ per (image, target). Read: every row from the page cache, as "
-             "stored (decompression) and through a fresh `Results` session (float32 out), best (and median) of "
+             "stored (the chunks as written) and through a fresh `Results` session (float32 out), best (and median) of "
              f"{figures['repeats']} interleaved repeats, load average {figures['load_average']:.1f} at the "
              "start.", "",
              "| case | images × tokens × D, targets | disk | read: stored / as float32 | sum error / spread, "

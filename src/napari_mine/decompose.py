@@ -574,7 +574,8 @@ def create_cache_arrays(group, n_images: int, n_tokens: int, dim: int, token_dty
     `tokens` (T times larger than the others) is stored as `token_dtype`: float16 halves the disk at a
     rounding of each stored term to 11 significant bits (writes cast to it; `Results.tokens` reads float32).
     It is stored uncompressed: token contributions are float noise to zstd (it saved 6 % on the demo's), and
-    an 8 MB chunk then reads in 3.5 ms instead of 13.5 ms, which every slider jump and profile block pays.
+    an 8 MB chunk then reads in 3.5 ms instead of 13.5 ms, which every slider jump and profile block pays (a
+    last, partial chunk is stored whole: at most one chunk more on disk).
     `rest` and `features` stay float32, so the encoder's features and its prediction are unchanged.
     """
     itemsize = np.dtype(check_token_dtype(token_dtype)).itemsize
