@@ -9,6 +9,7 @@ write (Data and model, Fit) use fresh results folders.
 from __future__ import annotations
 
 import re
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,6 +22,10 @@ from napari_mine.models.backbone import import_torch
 # the process, a first import of triton afterwards (open_clip → torchvision → torch._dynamo) crashes it.
 # The plugin guards its own imports; importing here keeps every test module of the session safe too.
 import_torch()
+
+from qtpy.QtWidgets import QApplication  # noqa: E402 - after torch (above)
+
+from napari_mine._widgets._common import dock_jobs, marked_voxels  # noqa: E402
 
 pytestmark = pytest.mark.gui
 N_IMAGES = 150
@@ -62,6 +67,11 @@ def viewer_with_store(make_napari_viewer, fitted_store):
 
 def dock(viewer, name):
     _, widget = viewer.window.add_plugin_dock_widget("napari-mine", name)
+    if name == "Voxel inspector":  # its preload of an open store adds the marker and overlay layers: done first
+        deadline = time.monotonic() + TIMEOUT_MS / 1000
+        while dock_jobs(widget) and time.monotonic() < deadline:
+            QApplication.processEvents()
+            time.sleep(0.01)
     return widget
 
 
@@ -354,10 +364,12 @@ def test_clicks_and_slider_moves_update_the_same_layers_in_place_without_a_worke
     store = fresh_copy(fitted_store, tmp_path, monkeypatch)
     viewer, inspector = open_preloaded(make_napari_viewer, store, qtbot)
     voxel, ijk = good_voxel(store)
-    with qtbot.waitSignal(inspector.updated, timeout=TIMEOUT_MS):  # draws its thumbnails
-        click(viewer, inspector, world_position(viewer, ijk))
-    layers = list(viewer.layers)
+    layers = list(viewer.layers)  # the preload made the (empty) marker and overlay the first click fills
     overlay, marker = layer_of(viewer, "attribution"), layer_of(viewer, "voxel")
+    assert len(marker.data) == 0 and not overlay.data.any() and not marked_voxels(viewer)
+    with qtbot.waitSignal(inspector.updated, timeout=TIMEOUT_MS):  # reads its top images' tokens (no saved profiles)
+        click(viewer, inspector, world_position(viewer, ijk))
+    assert marked_voxels(viewer) == [marker] and list(viewer.layers) == layers
     overlay_data, marker_data = overlay.data, marker.data
     answers = []
     inspector.updated.connect(answers.append)

@@ -652,6 +652,13 @@ class Results:
         return all(int(row) // step in chunks for row in rows)
 
     @property
+    def tokens_per_image(self) -> int:
+        """Tokens T of each image in the token cache (1 + g² patches for a ViT), read from its shape."""
+        if self.shared_stimuli:
+            return self.shared_stimuli[0].tokens_per_image
+        return int(self._tokens_array().shape[1])
+
+    @property
     def token_rows_per_chunk(self) -> int:
         """Image rows per storage chunk of the token cache (reading one row reads its chunk)."""
         if self.shared_stimuli:

@@ -105,7 +105,7 @@ def warm_up(store: str, vocabulary: str | None, checkpoint: str | None, row: int
     encoder and features, the space, the concept space (its text embeddings from the folder; embedded by the
     backbone and stored there the first time only), the token chunk under the slider and the stimuli. The
     backbone itself is loaded only when the vocabulary needs embedding. Returns the store and the shape of its
-    patch grid (None without a fitted encoder or stimuli)."""
+    patch grid (None without a fitted encoder)."""
     from napari_mine.attribution import to_patch_grid
 
     view = open_results(store)
@@ -117,8 +117,9 @@ def warm_up(store: str, vocabulary: str | None, checkpoint: str | None, row: int
         view.rest()
         view.accuracy  # noqa: B018 - reads once
         _space(view, vocabulary, checkpoint)
+        grid = to_patch_grid(np.zeros(view.tokens_per_image)).shape
         if row is not None:
-            grid = to_patch_grid(np.zeros(view.tokens([row]).shape[1])).shape
+            view.tokens([row])
         view.images  # noqa: B018 - opens the stimuli
     return store, grid
 
@@ -402,17 +403,18 @@ class VoxelInspector(QWidget):
         self._latest_click = self._latest_map = target.request
         job = (_tagged, target.request, inspect_voxel, store, ijk, ray, row, N_TOP_IMAGES, meta.get("vocabulary"),
                meta.get("checkpoint"), frozenset(r for s, r in self._icons if s == store))
-        if ray is None and self._answers_here(store, ijk, row, meta.get("vocabulary")):
+        if ray is None and self._answers_here(store, ijk, meta.get("vocabulary")):
             self._on_report(run_here(*job))
             return None
         return start_job(self, *job, returned=self._on_report)
 
-    def _answers_here(self, store: str, ijk, row: int | None, vocabulary) -> bool:
+    def _answers_here(self, store: str, ijk, vocabulary) -> bool:
         """Whether a click's report is a few milliseconds of work: everything it reads is in memory but its top
-        images, one read each (~20 ms in all for a new voxel of a ViT-B/16 store). A worker's hand-off costs
-        more: the report then competes for the GIL with the redraw, 100 ms and more on 2 cores."""
+        images, one read each, and the slider image's token chunk (~20 ms in all for a new voxel of a ViT-B/16
+        store). A worker's hand-off costs more: the report then competes for the GIL with the redraw, 100 ms and
+        more on 2 cores."""
         view = open_results(store)
-        if ijk is None or not view.loaded([] if row is None else [row], vocabulary):
+        if ijk is None or not view.loaded([], vocabulary):
             return False
         voxel = view.space.target_at(ijk)
         return voxel is None or view.profile_loaded(voxel, vocabulary)  # None: a message only
