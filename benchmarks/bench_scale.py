@@ -440,14 +440,10 @@ def publish(json_path: Path) -> None:
     json_path.write_text(json.dumps(payload, indent=2) + "\n")
     table = markdown(payload)
     json_path.with_suffix(".md").write_text("# Scale benchmark\n\n" + table)
-    text = DOCS.read_text()
-    block = f"{MARK_BEGIN}\n{table}{MARK_END}"
-    if MARK_BEGIN in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n## Scale (`bench_scale.py`)\n\n" + block + "\n"
-    DOCS.write_text(text)
+    sys.path.insert(0, str(HERE))
+    from docs_section import write_between
+
+    write_between(MARK_BEGIN, MARK_END, table, "## Scale (`bench_scale.py`)", DOCS)
     print(f"wrote {json_path.with_suffix('.md')} and the Scale section of {DOCS}")
 
 

@@ -154,14 +154,11 @@ def markdown(payload: dict) -> str:
 
 
 def publish(json_path: Path = RESULTS, docs: Path = DOCS) -> None:
-    text = docs.read_text()
-    table = markdown(json.loads(json_path.read_text()))
-    if MARK_BEGIN in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + MARK_BEGIN + "\n" + table + rest[rest.index(MARK_END):]
-    else:
-        text = text.rstrip("\n") + "\n\n## Studies of several subjects\n\n" + MARK_BEGIN + "\n" + table + MARK_END + "\n"
-    docs.write_text(text)
+    sys.path.insert(0, str(HERE))
+    from docs_section import write_between
+
+    write_between(MARK_BEGIN, MARK_END, markdown(json.loads(json_path.read_text())), "## Studies of several subjects",
+                  docs)
 
 
 def main(argv=None) -> None:
