@@ -78,39 +78,42 @@ profile). Images decomposed: {section.get('images_decomposed')} (summed over sub
 def agreement_table(section: dict) -> str:
     """ROI rows × pair columns: ρ [CI], and the true agreement beside it when the truth is known."""
     truth = section.get("truth", {}).get("agreement", {})
-    head = "".join(f"<th>{html.escape(pair)}</th>" for pair in section["pairs"])
-    rows = []
-    for label in section["rois"]:
-        cells = []
-        for pair in section["pairs"]:
-            value = section["agreement"][label][pair]
-            text = f"{_number(value['rho'])} [{_number(value['ci'][0])}, {_number(value['ci'][1])}]"
-            if label in truth:
-                known = truth[label][pair]
-                text += f"; categories {_number(known['estimated'])}, true {_number(known['true'])}"
-            cells.append(f"<td>{text}</td>")
-        rows.append(f"<tr><td>{html.escape(label)}</td>{''.join(cells)}</tr>")
-    return f"<table><tr><th>ROI</th>{head}</tr>{''.join(rows)}</table>"
+
+    def cell(label: str, pair: str) -> str:
+        value = section["agreement"][label][pair]
+        text = f"{_number(value['rho'])} [{_number(value['ci'][0])}, {_number(value['ci'][1])}]"
+        if label in truth:
+            known = truth[label][pair]
+            text += f"; categories {_number(known['estimated'])}, true {_number(known['true'])}"
+        return text
+
+    return _roi_by_pair(section, cell)
 
 
 def recurrence_table(section: dict) -> str:
     """ROI rows × pair columns: the matched clusters' r, whether the sub-populations recur (true beside it)."""
     truth = section.get("truth", {}).get("recurrence", {})
-    head = "".join(f"<th>{html.escape(pair)}</th>" for pair in section["pairs"])
-    rows = []
-    for label in section["rois"]:
-        cells = []
-        for pair in section["pairs"]:
-            value = section["recurrence"][label][pair]
-            matched = ", ".join(f"{a}↔{b} {_number(r)}" for a, b, r in value["matches"])
-            text = f"{'recurs' if value['recurs'] else 'no'} (k {value['k'][0]}/{value['k'][1]}: {matched})"
-            if label in truth:
-                text += f"; true: {'recurs' if truth[label][pair]['true'] else 'no'}"
-            cells.append(f"<td>{html.escape(text)}</td>")
-        rows.append(f"<tr><td>{html.escape(label)}</td>{''.join(cells)}</tr>")
+
+    def cell(label: str, pair: str) -> str:
+        value = section["recurrence"][label][pair]
+        matched = ", ".join(f"{a}↔{b} {_number(r)}" for a, b, r in value["matches"])
+        text = f"{'recurs' if value['recurs'] else 'no'} (k {value['k'][0]}/{value['k'][1]}: {matched})"
+        if label in truth:
+            text += f"; true: {'recurs' if truth[label][pair]['true'] else 'no'}"
+        return html.escape(text)
+
     return (f"<p>A cluster recurs when its one-to-one match reaches r ≥ {section['recurrence_threshold']} "
             "(clusters' mean profiles minus their ROI's); an ROI's sub-populations recur when every cluster of the "
-            f"subject with fewer does.</p><table><tr><th>ROI</th>{head}</tr>{''.join(rows)}</table>")
+            f"subject with fewer does.</p>{_roi_by_pair(section, cell)}")
+
+
+def _roi_by_pair(section: dict, cell) -> str:
+    """A table of the section's ROIs (rows) by subject pairs (columns), ``cell(label, pair)`` the HTML of each."""
+    head = "".join(f"<th>{html.escape(pair)}</th>" for pair in section["pairs"])
+    rows = "".join(f"<tr><td>{html.escape(label)}</td>" + "".join(f"<td>{cell(label, pair)}</td>"
+                                                                   for pair in section["pairs"]) + "</tr>"
+                   for label in section["rois"])
+    return f"<table><tr><th>ROI</th>{head}</tr>{rows}</table>"
 
 
 def consistency_table(section: dict) -> str:
