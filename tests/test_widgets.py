@@ -367,6 +367,8 @@ def test_clicks_and_slider_moves_update_the_same_layers_in_place_without_a_worke
     layers = list(viewer.layers)  # the preload made the (empty) marker and overlay the first click fills
     overlay, marker = layer_of(viewer, "attribution"), layer_of(viewer, "voxel")
     assert len(marker.data) == 0 and not overlay.data.any() and not marked_voxels(viewer)
+    low, high = overlay.contrast_limits
+    assert overlay.colormap.map(np.array([-low / (high - low)]))[0, 3] == 0  # transparent: the stimulus shows as is
     with qtbot.waitSignal(inspector.updated, timeout=TIMEOUT_MS):  # reads its top images' tokens (no saved profiles)
         click(viewer, inspector, world_position(viewer, ijk))
     assert marked_voxels(viewer) == [marker] and list(viewer.layers) == layers

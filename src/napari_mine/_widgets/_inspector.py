@@ -632,7 +632,8 @@ class VoxelInspector(QWidget):
         layer = self.viewer.add_image(
             np.zeros((1,) + tuple(grid_shape), dtype=np.float32), name="attribution",
             scale=(stimuli.scale[-3], *cell), translate=(stimuli.translate[-3], *origin),
-            colormap=attribution_colormap(), opacity=self.opacity.value() / 100, blending="translucent",
+            colormap=attribution_colormap(), contrast_limits=(-1.0, 1.0),  # 0 in the middle: transparent until a map
+            opacity=self.opacity.value() / 100, blending="translucent",
             interpolation2d="nearest", metadata=layer_metadata(target.store, "attribution"),
         )
         self.viewer.layers.selection.active = target.brain
