@@ -1,14 +1,14 @@
 """Closing a dock, or the viewer, while its job runs: the process exits cleanly and no result is half-written.
 
-Each dock runs in its own Python process (closing the viewer mid-job used to abort the interpreter: exit 134,
-"wrapped C/C++ object of type WorkerBaseSignals has been deleted"). The scenario docks one widget on a fitted
-synthetic world, starts the dock's job and removes the dock while the job runs; then docks it again, starts
-the job again and closes the viewer while it runs, inside napari's event loop, and lets the interpreter exit.
-One more scenario is the reported abort itself: every dock busy, the viewer closed, the script ended (no event
-loop). The tests assert exit 0, that the closes happened mid-job, and that the results folder holds what it
-held: the same manifest, no ``.*.tmp`` left aside. Job functions are slowed (a sleep before them) so that
-each close surely finds its job running; the Fit job's features are held until the close starts, so it is
-closed while it writes them.
+Each scenario runs in its own Python process (closing the viewer mid-job used to abort the interpreter: exit 134,
+"wrapped C/C++ object of type WorkerBaseSignals has been deleted"), on a fitted synthetic world. The "docks"
+scenario docks each widget in turn, starts its job and removes the dock while the job runs; then docks every
+widget again, starts every job, closes the viewer while they all run, inside napari's event loop, and lets the
+interpreter exit. The "all" scenario is the reported abort itself: every dock busy, the viewer closed, the
+script ended (no event loop). The tests assert exit 0, that each dock was closed mid-job, and that the results
+folder holds what it held: the same manifest, no ``.*.tmp`` left aside. Job functions are slowed (a sleep
+before them) so that each close surely finds its job running; the Fit job's features are held until the close
+starts, so it is closed while it writes them.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import functools
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -41,16 +40,17 @@ from napari_mine.models.backbone import import_torch
 import_torch()  # torch before any napari canvas (see tests/test_widgets.py)
 
 import napari
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QThreadPool, QTimer
 from qtpy.QtWidgets import QApplication
 
 from napari_mine._reader import META, layer_metadata
 from napari_mine._widgets import _common, _data, _editor, _inspector, _roi
 
-name, results, world, fresh = sys.argv[1:5]
+scenario, results, world, fresh = sys.argv[1:5]
 NAMES = ("Data and model", "Fit", "Voxel inspector", "ROI explorer", "Counterfactual editor")
 SLOW_S = 1.5
 CLOSING = threading.Event()  # set just before the dock or the viewer is closed
+HOLDING = threading.Event()  # set once a held function waits for the close: the Fit job writes its features
 HOLD_S = 60
 
 
@@ -69,6 +69,7 @@ def held(function):
     chunk of features was written and the step recorded before the close)."""
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
+        HOLDING.set()
         CLOSING.wait(HOLD_S)
         return function(*args, **kwargs)
     return wrapper
@@ -87,12 +88,9 @@ def layer(viewer, role):
     return next(layer for layer in viewer.layers if layer.metadata.get(META, {}).get("role") == role)
 
 
-def running(widget):
-    return [job for job in _common.dock_jobs(widget) if job._helper_started and not job.ended.is_set()]
-
-
-def writing():
-    return [path.name for path in Path(results).iterdir() if path.name.startswith(".features")]
+def running(job):
+    """The job's code runs: it has started (a queued job's has not) and has not ended."""
+    return job._helper_started and not job.ended.is_set()
 
 
 import napari_mine.data as data
@@ -113,52 +111,55 @@ decompose.TOKEN_CHUNK_BYTES = 1
 _editor.shared_generator = slow(_editor.shared_generator)
 _data.open_results = slow(_data.open_results)
 viewer = napari.Viewer(show=True)
-brain = None
-if name != "Data and model":
-    viewer.open(results, plugin="napari-mine")
-    brain = layer(viewer, "accuracy")
-    ijk = [int(v) for v in np.argwhere(np.isfinite(brain.data))[0]]
-    # the voxel the inspector would have selected, for the editor
-    viewer.add_points(np.asarray([ijk], dtype=float), ndim=3, scale=brain.scale, translate=brain.translate,
-                      metadata=layer_metadata(brain.metadata[META]["store"], "voxel", voxel=0, ijk=ijk))
-    viewer.layers.selection.active = brain
+viewer.open(results, plugin="napari-mine")
+brain = layer(viewer, "accuracy")
+ijk = [int(v) for v in np.argwhere(np.isfinite(brain.data))[0]]
+# the voxel the inspector would have selected, for the editor
+viewer.add_points(np.asarray([ijk], dtype=float), ndim=3, scale=brain.scale, translate=brain.translate,
+                  metadata=layer_metadata(brain.metadata[META]["store"], "voxel", voxel=0, ijk=ijk))
+viewer.layers.selection.active = brain
+
+
+def ready(widget, name):
+    """The dock can start its job: the ROI explorer has its ROI list, the editor its target."""
+    if name == "ROI explorer":
+        return widget.roi.count() > 0 and widget.label.count() > 0
+    if name == "Counterfactual editor":
+        return widget._target is not None and widget.run_button.isEnabled()
+    return True
 
 
 def start(widget, name):
-    """Start the dock's job (once the dock is ready for it); returns the condition under which it is mid-job."""
-    if name == "Data and model":  # opens the world into a fresh results folder (with every dock: the results)
-        widget.source.setCurrentText("NSD folder" if brain is None else "results folder")
-        widget.folder.setText(world if brain is None else results)
+    """Start the dock's job (once the dock is ready for it); returns the job and the condition under which it
+    is mid-job."""
+    wait_until(lambda: ready(widget, name), f"the {name} dock to be ready")
+    if name == "Data and model":  # opens the world into a fresh results folder ("all": the results folder)
+        widget.source.setCurrentText("results folder" if scenario == "all" else "NSD folder")
+        widget.folder.setText(results if scenario == "all" else world)
         widget.results.setText(fresh)
-        widget.open()
-        return lambda: running(widget)
-    if name == "Fit":
+        job = widget.open()
+    elif name == "Fit":
         widget.recompute.setChecked(True)
-        widget.run()
-        return lambda: running(widget) and writing()  # features are being written aside
-    if name == "Voxel inspector":
+        job = widget.run()
+        return job, lambda: running(job) and HOLDING.is_set()  # its features are being written aside
+    elif name == "Voxel inspector":
         position = np.array(viewer.dims.point, dtype=float)
         position[-3:] = brain.data_to_world(ijk)
-        widget.inspect_position(position)
-        return lambda: running(widget)
-    if name == "ROI explorer":
-        wait_until(lambda: widget.roi.count() > 0 and widget.label.count() > 0, "the ROI list")
-        widget.run()
-        return lambda: running(widget)
-    wait_until(lambda: widget._target is not None and widget.run_button.isEnabled(), "the editor's target")
-    widget.run()
-    return lambda: running(widget)
+        job = widget.inspect_position(position)
+    else:
+        job = widget.run()
+    return job, lambda: running(job)
 
 
 def dock(name):
     return viewer.window.add_plugin_dock_widget("napari-mine", name)[1]
 
 
-if name == "all":  # every dock busy, the viewer closed at once and the script ended: no event loop
+if scenario == "all":  # every dock busy, the viewer closed at once and the script ended: no event loop
     docks = {other: dock(other) for other in NAMES}
     for other, widget in reversed(docks.items()):  # the ROI list and the editor's target are ready first
         start(widget, other)
-    wait_until(writing, "the features to be written")  # the other jobs wait or run (a pool thread per core)
+    wait_until(HOLDING.is_set, "the features to be written")  # the other jobs wait or run (a pool thread per core)
     for other, widget in docks.items():  # and once more, at once, whatever the first ones did meanwhile
         if other != "Fit":
             start(widget, other)
@@ -168,38 +169,52 @@ if name == "all":  # every dock busy, the viewer closed at once and the script e
     viewer.close()
     sys.exit(0)
 
-# 1. remove the dock while its job runs: the job is stopped, nothing of it reaches the removed widget
-widget = dock(name)
-mid_job = start(widget, name)
-wait_until(mid_job, "the job to run")
-job = max(_common.dock_jobs(widget), key=lambda job: job.name != "list_rois")
-n_layers = len(viewer.layers)
-CLOSING.set()
-viewer.window.remove_dock_widget(widget)
-assert not _common.dock_jobs(widget), "the removed dock's jobs were not stopped"
-assert job.ended.is_set(), "the removed dock's job was still running"
-deadline = time.monotonic() + 0.5
-while time.monotonic() < deadline:
-    QApplication.processEvents()
-assert len(viewer.layers) == n_layers, "a job of the removed dock added layers"
-print("DOCK CLOSED MID-JOB", job.name, flush=True)
-CLOSING.clear()
+QThreadPool.globalInstance().setMaxThreadCount(32)  # every job runs at once, none waits for a pool thread
 
-# 2. dock it again, start the job, close the viewer while it runs (in napari's event loop), exit
-widget = dock(name)
-mid_job = start(widget, name)
+# 1. remove each dock in turn while its job runs: the job is stopped, nothing of it reaches the removed widget
+for name in NAMES:
+    widget = dock(name)
+    job, mid_job = start(widget, name)
+    wait_until(mid_job, f"the {name} job to run")
+    n_layers = len(viewer.layers)
+    CLOSING.set()
+    viewer.window.remove_dock_widget(widget)
+    assert not _common.dock_jobs(widget), f"{name}: the removed dock's jobs were not stopped"
+    assert job.ended.is_set(), f"{name}: the removed dock's job was still running"
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        QApplication.processEvents()
+    assert len(viewer.layers) == n_layers, f"{name}: a job of the removed dock added layers"
+    print(f"DOCK CLOSED MID-JOB {name}: {job.name}", flush=True)
+    CLOSING.clear()  # the job has ended: nothing is held any more
+    HOLDING.clear()
 
-
-def close_when_running():
-    if mid_job():
-        print("VIEWER CLOSED MID-JOB", ", ".join(job.name for job in running(widget)), flush=True)
-        CLOSING.set()
-        viewer.close()
-    else:
-        QTimer.singleShot(5, close_when_running)
+# 2. dock them all again, start every job, close the viewer while they all run (in napari's event loop), exit
+docks = {name: dock(name) for name in NAMES}
+wait_until(lambda: all(ready(widget, name) for name, widget in docks.items()), "every dock to be ready")
+started = {"Fit": start(docks["Fit"], "Fit")}  # held at its features until the close: surely still mid-job
+wait_until(started["Fit"][1], "the Fit job to write its features")
 
 
-QTimer.singleShot(0, close_when_running)
+def start_the_others():
+    started.update((name, start(widget, name)) for name, widget in docks.items() if name != "Fit")
+    close_when_running(time.monotonic() + 30)
+
+
+def close_when_running(deadline):
+    """Close the viewer once every dock's job runs (or at the deadline: the test then names the docks whose
+    job did not)."""
+    busy = {name: mid_job() for name, (job, mid_job) in started.items()}
+    if not all(busy.values()) and time.monotonic() < deadline:
+        QTimer.singleShot(5, functools.partial(close_when_running, deadline))
+        return
+    for name, (job, _) in started.items():
+        print(f"VIEWER CLOSED {'MID-JOB' if busy[name] else 'NOT MID-JOB'} {name}: {job.name}", flush=True)
+    CLOSING.set()
+    viewer.close()
+
+
+QTimer.singleShot(0, start_the_others)
 napari.run()
 print("LOOP ENDED", flush=True)
 '''
@@ -219,7 +234,7 @@ def aside(folder: Path) -> list[str]:
 
 
 def run_scenario(name, closing_world, tmp_path):
-    """Run the scenario for dock ``name`` ("all": every dock) on a copy of the results folder, assert a clean
+    """Run the scenario ``name`` ("docks" or "all") on a copy of the results folder, assert a clean
     exit and an unchanged folder; returns the scenario's output and what to say on failure."""
     results, fresh = tmp_path / "results", tmp_path / "fresh-results"
     shutil.copytree(closing_world / "results", results)
@@ -244,10 +259,11 @@ def run_scenario(name, closing_world, tmp_path):
     return done.stdout, said
 
 
-@pytest.mark.parametrize("name", DOCKS)
-def test_closing_the_dock_or_the_viewer_mid_job_exits_cleanly_and_writes_nothing_half(name, closing_world, tmp_path):
-    stdout, said = run_scenario(name, closing_world, tmp_path)
-    assert "DOCK CLOSED MID-JOB" in stdout and "VIEWER CLOSED MID-JOB" in stdout, said
+def test_closing_each_dock_then_the_viewer_mid_job_exits_cleanly_and_writes_nothing_half(closing_world, tmp_path):
+    stdout, said = run_scenario("docks", closing_world, tmp_path)
+    for name in DOCKS:
+        assert f"DOCK CLOSED MID-JOB {name}:" in stdout, f"{name}: the dock was not removed mid-job\n{said}"
+        assert f"VIEWER CLOSED MID-JOB {name}:" in stdout, f"{name}: the viewer was not closed mid-job\n{said}"
     assert "LOOP ENDED" in stdout, said
 
 
