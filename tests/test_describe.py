@@ -325,6 +325,23 @@ def planted_store(tmp_path):
     return store, space, truth
 
 
+def test_silhouettes_from_distances_computed_once_equal_scikit_learns_and_a_sample_bounds_memory(monkeypatch):
+    from sklearn.metrics import silhouette_score
+
+    rng = np.random.default_rng(3)
+    truth = np.repeat(np.arange(3), 60)
+    rows = np.abs(rng.normal(size=(3, 30)))[truth] + 0.2 * rng.normal(size=(len(truth), 30))
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    fits = {2: np.minimum(truth, 1), 3: truth}
+    exact = D._silhouettes(rows, fits, seed=0)
+    assert exact == pytest.approx({k: silhouette_score(rows, labels) for k, labels in fits.items()}, abs=1e-9)
+
+    monkeypatch.setattr(D, "SILHOUETTE_ROWS", 90)  # half the rows: the sample's silhouettes, seeded
+    sampled = D._silhouettes(rows, fits, seed=0)
+    assert sampled == D._silhouettes(rows, fits, seed=0) and sampled != exact
+    assert sampled == pytest.approx(exact, abs=0.05) and max(sampled, key=sampled.get) == 3
+
+
 def test_results_profile_describe_and_cluster(planted_store, tmp_path):
     store, space, truth = planted_store
     results = store.results()

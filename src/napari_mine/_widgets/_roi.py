@@ -193,7 +193,8 @@ class RoiExplorer(QWidget):
         self._brain = brain
         self.job = start_job(self, analyse_roi, self._store, roi, int(label), self.k_min.value(),
                              self.k_max.value(), meta.get("vocabulary"), meta.get("checkpoint"),
-                             returned=self._on_report, finished=self._on_finished)
+                             returned=self._on_report, finished=self._on_finished,
+                             progress=f"ROI explorer: profiling and clustering {self.label.currentText()}")
         self._compare_subjects(roi, int(label), meta)
         return self.job
 
