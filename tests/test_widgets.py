@@ -519,13 +519,20 @@ def test_fit_then_profile_and_validate_from_the_dock(make_napari_viewer, fitted_
     store = fresh_copy(fitted_store, tmp_path, monkeypatch)  # no stored text embeddings: the vocabulary is embedded
     monkeypatch.setattr(_fit, "PROFILE_BLOCK", 1000)  # 3 blocks of the world's 3,000 voxels
     monkeypatch.setattr(_fit, "VALIDATION_VOXELS", 8)
+    fitted_before = Manifest.read(store).steps["encoder"].finished
     viewer, fit = fit_dock_on(make_napari_viewer, store)
     assert fit.validate.isEnabled() and "(synthetic vocabulary)" in fit.profile.text()
-    assert fit.run_button.text() == "Compute features and fit"
+    assert fit.run_button.text() == "Fit"  # the features are there
     fit.profile.setChecked(True)
-    assert fit.run_button.text() == "Compute features, fit and profile"
+    assert fit.run_button.text() == "Profile"  # so is an encoder fitted on them: kept
     fit.validate.setChecked(True)
+    assert fit.run_button.text() == "Profile and validate"
+    fit.refit.setChecked(True)
+    assert fit.run_button.text() == "Fit, profile and validate"
+    fit.recompute.setChecked(True)
     assert fit.run_button.text() == "Compute features, fit, profile and validate"
+    fit.recompute.setChecked(False)
+    fit.refit.setChecked(False)
     seen = []
     with qtbot.waitSignal(fit.job_finished, timeout=TIMEOUT_MS) as blocker:
         job = fit.run()
@@ -537,7 +544,9 @@ def test_fit_then_profile_and_validate_from_the_dock(make_napari_viewer, fitted_
     assert any(stage == _fit.VOCABULARY and total > 0 for stage, _, total in reports)  # embedded, with progress
     assert (_fit.PROFILES, n_voxels, n_voxels) in reports and any(stage == _fit.VALIDATION and done > 0
                                                                   for stage, done, _ in reports)
-    assert {_fit.ENCODER, _fit.VOCABULARY, _fit.PROFILES, _fit.VALIDATION} <= set(described)
+    assert {_fit.VOCABULARY, _fit.PROFILES, _fit.VALIDATION} <= set(described) and _fit.ENCODER not in described
+    assert Manifest.read(store).steps["encoder"].finished == fitted_before
+    assert "median r / noise ceiling = " in fit.stage.text()  # the kept fit's summary
     assert (store / "profiles.zarr").is_dir()
     validation = json.loads((store / "summary.json").read_text())["validation"]
     assert validation["complete"] and validation["n_pairs"] > 0
@@ -559,6 +568,7 @@ def test_fit_cancelled_while_profiling_keeps_the_fit_and_the_complete_blocks(mak
     monkeypatch.setattr(_fit, "PROFILE_BLOCK", 500)
     viewer, fit = fit_dock_on(make_napari_viewer, store)
     fit.profile.setChecked(True)
+    fit.refit.setChecked(True)
     said = []
 
     def cancel_after_a_block(report):
@@ -574,7 +584,7 @@ def test_fit_cancelled_while_profiling_keeps_the_fit_and_the_complete_blocks(mak
     steps = Manifest.read(store).steps
     assert "profiles" not in steps and steps["encoder"].finished != fitted_before  # this job's fit is kept
     assert (store / ".profiles.partial").is_dir()  # its complete blocks, which the next run resumes from
-    assert fit.run_button.isEnabled() and fit.run_button.text() == "Compute features, fit and profile"
+    assert fit.run_button.isEnabled() and fit.run_button.text() == "Fit and profile"
 
 
 def test_fit_dock_validates_only_results_of_the_synthetic_world(make_napari_viewer, fitted_store, tmp_path,
@@ -600,7 +610,7 @@ def test_fit_dock_validates_only_results_of_the_synthetic_world(make_napari_view
     widget.validate.setChecked(True)
     widget.profile.setChecked(True)
     widget.run()
-    assert started == [(str(store), None, False, "float32", True, None, False)]
+    assert started == [(str(store), None, False, "float32", True, None, False, False)]
 
 
 def test_opening_a_missing_folder_reports_an_error(make_napari_viewer, tmp_path, qtbot):

@@ -9,6 +9,7 @@ ends, the accuracy map is put on the layers of the store the job started on.
 
 from __future__ import annotations
 
+import json
 import threading
 from functools import partial
 from pathlib import Path
@@ -41,11 +42,11 @@ NO_WORLD = ("Validation here edits the synthetic world's scenes with its rendere
 
 
 def fit_steps(root: str, checkpoint: str | None, recompute: bool, token_dtype: str, profile: bool = False,
-              vocabulary: str | None = None, validate: bool = False, *, stop: threading.Event):
-    """Generator job: features (unless present, their token cache stored as ``token_dtype``), the encoder fit,
-    then if asked the profiles of every target in ``vocabulary`` (None: the folder's default, as the CLI's;
-    embedding it first when it is not cached) and the validation by edits (the synthetic world's renderer);
-    yields ``(stage, done, total)``
+              vocabulary: str | None = None, validate: bool = False, refit: bool = True, *, stop: threading.Event):
+    """Generator job: features (unless present, their token cache stored as ``token_dtype``), the encoder fit
+    (kept when ``refit`` is false and it was fitted on the present features), then if asked the profiles of every
+    target in ``vocabulary`` (None: the folder's default, as the CLI's; embedding it first when it is not cached)
+    and the validation by edits (the synthetic world's renderer); yields ``(stage, done, total)``
     (``total`` 0: a stage of unknown length; ``done`` -1: no news, a chance for the worker to stop).
 
     Returns ``(root, layer tuples of the store without stimuli, accuracy summary, number of targets profiled or
@@ -56,17 +57,21 @@ def fit_steps(root: str, checkpoint: str | None, recompute: bool, token_dtype: s
     from napari_mine.results import open_results
     from napari_mine.store import ResultsStore
 
-    yield ("Loading the dataset", 0, 0)
     results = open_results(root)
-    dataset = results.dataset()
     store = ResultsStore.open(root)
-    if recompute or not store.has("features"):
+    features = recompute or not store.has("features")
+    summary = None if will_fit(store.manifest, recompute, refit, profile, validate) else saved_fit_summary(root)
+    if features or summary is None:
+        yield ("Loading the dataset", 0, 0)
+        dataset = results.dataset()
+    if features:
         yield ("Loading the model", 0, 0)
         backbone = results.backbone(checkpoint)
         yield from staged(FEATURES, steps_of(compute_features, dataset, backbone, store, stop=stop,
                                              token_dtype=token_dtype, force=recompute))
-    yield (ENCODER, 0, 0)
-    summary = yield from staged(ENCODER, steps_of(fit_encoder_step, dataset, store, stop=stop))
+    if summary is None:
+        yield (ENCODER, 0, 0)
+        summary = yield from staged(ENCODER, steps_of(fit_encoder_step, dataset, store, stop=stop))
     profiled = validation = None
     if profile:
         results = open_results(root)  # the folder's session with its new fit
@@ -87,10 +92,29 @@ def fit_steps(root: str, checkpoint: str | None, recompute: bool, token_dtype: s
     return root, read_store(root, stimuli=False), summary, profiled, validation
 
 
-def run_text(profile: bool, validate: bool) -> str:
-    """The run button's text for the chosen steps: "Compute features and fit", "… fit and profile", …"""
-    steps = ["Compute features", "fit"] + ["profile"] * profile + ["validate"] * validate
-    return f"{', '.join(steps[:-1])} and {steps[-1]}"
+def fit_is_current(manifest) -> bool:
+    """Whether the folder's encoder was fitted on its present features (a later features step makes it stale)."""
+    steps = manifest.steps
+    return "encoder" in steps and "features" in steps and steps["encoder"].finished >= steps["features"].finished
+
+
+def will_fit(manifest, recompute: bool, refit: bool, profile: bool, validate: bool) -> bool:
+    """Whether a run fits the encoder: always, unless it only profiles or validates with an encoder fitted on the
+    present features (at surface scale a fit costs minutes)."""
+    return refit or recompute or not (profile or validate) or not fit_is_current(manifest)
+
+
+def saved_fit_summary(root: str) -> dict | None:
+    """The accuracy summary the folder's fit wrote to summary.json (None if it has none)."""
+    path = Path(root) / "summary.json"
+    return json.loads(path.read_text()).get("encoder") if path.is_file() else None
+
+
+def run_text(features: bool, fit: bool, profile: bool, validate: bool) -> str:
+    """The run button's text for the chosen steps: "Compute features and fit", "Fit and profile", "Profile", …"""
+    steps = ["compute features"] * features + ["fit"] * fit + ["profile"] * profile + ["validate"] * validate
+    text = steps[0] if len(steps) == 1 else f"{', '.join(steps[:-1])} and {steps[-1]}"
+    return text[0].upper() + text[1:]
 
 
 def validation_text(validation: dict) -> str:
@@ -128,6 +152,10 @@ class FitWidget(StagedJobs, QWidget):
         layout.addWidget(self.target)
         self.recompute = QCheckBox("recompute the features even if present")
         layout.addWidget(self.recompute)
+        self.refit = QCheckBox("refit the encoder even if fitted")
+        self.refit.setToolTip("Without it, a run that profiles or validates keeps an encoder fitted on the present "
+                              "features")
+        layout.addWidget(self.refit)
         self.token_dtype = QComboBox()
         self.token_dtype.addItems(TOKEN_CACHE_CHOICES)
         self.token_dtype.setToolTip("float16 halves the token cache on disk; the attribution then sums to the "
@@ -141,9 +169,9 @@ class FitWidget(StagedJobs, QWidget):
         layout.addWidget(self.profile)
         self.validate = QCheckBox("then validate (edits)")
         layout.addWidget(self.validate)
-        self.add_job_controls(layout, run_text(False, False))
-        self.profile.toggled.connect(self._on_choice_changed)
-        self.validate.toggled.connect(self._on_choice_changed)
+        self.add_job_controls(layout, run_text(True, True, False, False))
+        for choice in (self.recompute, self.refit, self.profile, self.validate):
+            choice.toggled.connect(self._on_choice_changed)
         layout.addStretch(1)
         self.viewer.layers.selection.events.active.connect(self._on_target_changed)
         self.viewer.layers.events.inserted.connect(self._on_target_changed)
@@ -180,10 +208,19 @@ class FitWidget(StagedJobs, QWidget):
         self.validate.setToolTip("After the fit (and the profiles), causal validation by edits of the synthetic "
                                  "world's scenes, scored by the encoder and by the true brain (as `napari-mine "
                                  "validate`)" if world else NO_WORLD)
+        self._manifest = results.manifest
+        self._on_choice_changed()
         self.run_button.setEnabled(True)
 
     def _on_choice_changed(self, checked=None) -> None:
-        self.run_button.setText(run_text(self.profile.isChecked(), self.validate.isChecked()))
+        manifest = getattr(self, "_manifest", None)
+        if manifest is None:
+            return
+        recompute = self.recompute.isChecked()
+        profile, validate = self.profile.isChecked(), self.validate.isEnabled() and self.validate.isChecked()
+        features = recompute or "features" not in manifest.steps
+        fit = will_fit(manifest, recompute, self.refit.isChecked(), profile, validate)
+        self.run_button.setText(run_text(features, fit, profile, validate))
 
     def run(self):
         """Start the job on the current results folder; returns the Job (None without a folder)."""
@@ -194,7 +231,7 @@ class FitWidget(StagedJobs, QWidget):
         profile, validate = self.profile.isChecked(), self.validate.isEnabled() and self.validate.isChecked()
         return self.run_staged(f"napari-mine fit: {Path(self._store).name}", fit_steps, self._store, checkpoint,
                               self.recompute.isChecked(), self.token_dtype.currentText(), profile, self._vocabulary,
-                              validate)
+                              validate, self.refit.isChecked())
 
     def _show_result(self, value) -> None:
         root, layers, summary, profiled, validation = value
