@@ -359,6 +359,20 @@ def test_text_embeddings_stored_in_the_folder_are_reused_on_the_next_open(make_n
     assert inspector.description.text() not in ("", "–")
 
 
+def test_answers_on_the_qt_thread_use_one_blas_thread_and_give_the_others_back():
+    from threadpoolctl import threadpool_info
+
+    from napari_mine._widgets._common import Failure, run_here
+
+    def blas_threads():
+        return {library["num_threads"] for library in threadpool_info() if library["user_api"] == "blas"}
+
+    before = blas_threads()
+    assert run_here(blas_threads) == {1}  # no BLAS helper threads left busy-waiting beside the redraw
+    assert blas_threads() == before
+    assert isinstance(run_here(lambda: 1 / 0), Failure) and blas_threads() == before
+
+
 def test_clicks_and_slider_moves_update_the_same_layers_in_place_without_a_worker(make_napari_viewer, fitted_store,
                                                                                 tmp_path, monkeypatch, qtbot):
     store = fresh_copy(fitted_store, tmp_path, monkeypatch)

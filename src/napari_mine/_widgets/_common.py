@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 
 import numpy as np
 from qtpy.QtCore import QEvent, QObject, QRectF, Qt
@@ -384,11 +384,23 @@ def start_job(owner, function, *args, returned=None, finished=None, yielded=None
 def run_here(function, *args):
     """Run a job's function on the Qt thread and return what :func:`start_job` would hand to ``returned``
     (its result, or a :class:`Failure`): for work of a few milliseconds on data in memory, where a worker's
-    hand-off and the extra redraw it causes would cost more than the work."""
+    hand-off and the extra redraw it causes would cost more than the work.
+
+    Its matrix products run on one BLAS thread: after a threaded product OpenBLAS keeps its helper threads
+    busy-waiting for about 0.1 s, which took the cores from the redraw that follows (a software rasteriser's
+    threads, here) and made a slider step 40 % slower."""
     try:
-        return function(*args)
+        with _blas_threads().limit(limits=1, user_api="blas"):
+            return function(*args)
     except Exception as error:  # reported like a job's failure, never raised into a Qt callback
         return Failure(error, traceback.format_exc())
+
+
+@cache
+def _blas_threads():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def stop_jobs(jobs, timeout: float = CLOSE_WAIT_S, exiting: bool = False) -> bool:
