@@ -2,6 +2,7 @@
 report-only seed, faithfulness pooled over pairs and worlds, and the CLI resuming a finished evaluation."""
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
@@ -73,7 +74,16 @@ def test_no_seed_is_refused_in_one_sentence(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_evaluates_a_small_world_and_resumes(tmp_path, capsys):
+def test_cli_evaluates_a_small_world_and_resumes(tmp_path, capsys, monkeypatch):
+    from napari_mine import pipeline, validate
+    from napari_mine.synthetic import scoring
+
+    # the orchestration is under test, not the scores: run_demo validates and scores a few voxels and pairs (its
+    # defaults spend ~100 s there)
+    monkeypatch.setattr(pipeline, "validate_step", partial(pipeline.validate_step, n_voxels=16))
+    monkeypatch.setattr(validate, "run_validation", partial(validate.run_validation, n_boot=200, n_examples=1))
+    monkeypatch.setattr(scoring, "score_interpretation",
+                        partial(scoring.score_interpretation, n_voxels=20, n_faithfulness_pairs=4))
     out = tmp_path / "evaluation"
     assert cli.main(["evaluate", "--seeds", "7", "--out", str(out), "--images", "240", "--workers", "1"]) == 0
     evaluation = json.loads((out / "evaluation.json").read_text())

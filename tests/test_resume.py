@@ -2,7 +2,9 @@
 array with an uninterrupted run; a finished step re-run does nothing; Dask runs equal serial ones.
 
 The killed processes use small chunks (so a tiny world has many) and sleep before each chunk, so the kill lands
-while a chunk is in flight whatever the machine's speed; the uninterrupted reference runs the same way.
+while a chunk is in flight whatever the machine's speed. The uninterrupted reference, the resumed run and the
+re-run go through `napari_mine.cli.main` in this process with the same chunks and cache (sparing each a
+process's torch import).
 """
 
 import json
@@ -18,10 +20,12 @@ import time
 import numpy as np
 import pytest
 
+from napari_mine import decompose, describe
+from napari_mine.cli import main
 from napari_mine.store import PARTIAL_STATE, ResultsStore
 
-FEATURE_ROWS_BYTES = 2**19  # 15 images per chunk of mine-small's token cache (200 images: 14 chunks)
-PROFILE_BLOCK = 128  # targets per chunk (2,300 targets: 18 chunks)
+FEATURE_ROWS_BYTES = 2**19  # 15 images per chunk of mine-small's token cache (120 images: 8 chunks)
+PROFILE_BLOCK = 256  # targets per chunk (2,300 targets: 9 chunks)
 KILL_AFTER = 3  # chunks complete before the kill
 SLOW_S = 0.3
 
@@ -44,28 +48,15 @@ sys.exit(main(sys.argv[2:]))
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, fit_synthetic_world):
     root = tmp_path_factory.mktemp("resume")
-    return root, fit_synthetic_world(root, n_images=200)
+    return root, fit_synthetic_world(root, n_images=120)
 
 
-def napari_mine(args, env, delay=0.0, **options):
-    return subprocess.Popen([sys.executable, "-c", RUNNER, str(delay), *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options)
-
-
-def finished(process) -> tuple[str, str]:
-    """The stdout and stderr of a run that succeeded."""
-    out, err = process.communicate(timeout=600)
-    assert process.returncode == 0, err
-    return out, err
-
-
-@pytest.fixture
-def env(tmp_path):
-    return {**os.environ, "NAPARI_MINE_CACHE": str(tmp_path / "cache")}
-
-
-def kill_after_chunks(process, partial, n_done: int) -> list[int]:
-    """SIGKILL the process once its partial has ``n_done`` complete chunks; the chunks complete then."""
+def killed_after_chunks(args, partial, n_done: int) -> list[int]:
+    """Run `napari-mine ARGS` in a slowed process (with this process's environment, so the cache
+    :func:`napari_mine_here` sets) and SIGKILL it once ``partial`` has ``n_done`` complete chunks; returns the
+    chunks complete then."""
+    process = subprocess.Popen([sys.executable, "-c", RUNNER, str(SLOW_S), *map(str, args)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state = partial / PARTIAL_STATE
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
@@ -75,10 +66,31 @@ def kill_after_chunks(process, partial, n_done: int) -> list[int]:
             done = []
         if len(done) >= n_done:
             process.send_signal(signal.SIGKILL)
-            process.wait()
+            process.communicate()
             return json.loads(state.read_text())["done"]
         time.sleep(0.02)
+    process.kill()
     raise AssertionError(f"the run ended or stalled before {n_done} chunks: {process.communicate()}")
+
+
+@pytest.fixture
+def napari_mine_here(tmp_path, monkeypatch, capsys, caplog):
+    """``run(args)``: `napari-mine ARGS` in this process with the runner's chunks (unslowed) and a cache of the
+    test's own (also the killed processes'); returns its (stdout, log), the log holding the steps' notes."""
+    monkeypatch.setenv("NAPARI_MINE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(decompose, "TOKEN_CHUNK_BYTES", FEATURE_ROWS_BYTES)
+    monkeypatch.setattr(describe, "STORE_VOXEL_BLOCK", PROFILE_BLOCK)
+    caplog.set_level(logging.INFO, logger="napari_mine")
+    # the CLI's note handler writes to this test's captured stderr, closed after it: it leaves with the test
+    monkeypatch.setattr(logging.getLogger("napari_mine"), "handlers", [])
+
+    def run(args) -> tuple[str, str]:
+        capsys.readouterr()
+        caplog.clear()
+        assert main(list(map(str, args))) == 0, capsys.readouterr().err
+        return capsys.readouterr().out, caplog.text
+
+    return run
 
 
 def counts(output: tuple[str, str], step: str) -> tuple[int, int]:
@@ -93,18 +105,19 @@ def arrays(root, step: str) -> dict:
     return {name: np.asarray(group[name][...]) for name in group.array_keys()}
 
 
-def test_features_killed_mid_run_resume_from_the_last_complete_chunk(fitted, tmp_path, env):
+def test_features_killed_mid_run_resume_from_the_last_complete_chunk(fitted, tmp_path, napari_mine_here):
     _, (dataset, *_) = fitted
     world = dataset.source["root"]
     features = ["features", world, "--batch-size", 16]
-    clean = finished(napari_mine([*features, "--out", tmp_path / "clean"], env))
+    clean = napari_mine_here([*features, "--out", tmp_path / "clean"])
     n_chunks, _ = counts(clean, "features")
+    assert n_chunks >= KILL_AFTER + 3
 
-    killed = napari_mine([*features, "--out", tmp_path / "resumed"], env, SLOW_S)
-    done = kill_after_chunks(killed, tmp_path / "resumed" / ".features.partial", KILL_AFTER)
+    done = killed_after_chunks([*features, "--out", tmp_path / "resumed"], tmp_path / "resumed" / ".features.partial",
+                               KILL_AFTER)
     assert done == list(range(len(done))) and not ResultsStore.open(tmp_path / "resumed").has("features")
 
-    resumed = finished(napari_mine([*features, "--out", tmp_path / "resumed"], env))
+    resumed = napari_mine_here([*features, "--out", tmp_path / "resumed"])
     assert f"resuming from .features.partial ({len(done)} chunks already complete)" in resumed[1]
     assert counts(resumed, "features") == (n_chunks - len(done), len(done))  # at most the chunk in flight redone
     expected, got = arrays(tmp_path / "clean", "features"), arrays(tmp_path / "resumed", "features")
@@ -113,31 +126,33 @@ def test_features_killed_mid_run_resume_from_the_last_complete_chunk(fitted, tmp
         np.testing.assert_array_equal(got[name], expected[name])
 
     written = (tmp_path / "resumed" / "features.zarr").stat().st_mtime_ns
-    again = finished(napari_mine([*features, "--out", tmp_path / "resumed"], env))
+    again = napari_mine_here([*features, "--out", tmp_path / "resumed"])
     assert "features: already done with these settings" in again[1]
     assert (tmp_path / "resumed" / "features.zarr").stat().st_mtime_ns == written
     assert not (tmp_path / "resumed" / ".features.partial").exists()
 
 
-def test_profiles_killed_mid_run_resume_from_the_last_complete_block(fitted, tmp_path, env):
-    root, (_, _, store, _) = fitted
+def test_profiles_killed_mid_run_resume_from_the_last_complete_block(fitted, tmp_path, napari_mine_here):
+    _, (_, _, store, _) = fitted
     for name in ("clean", "resumed"):
         shutil.copytree(store.root, tmp_path / name)
-    clean = finished(napari_mine(["profile", tmp_path / "clean"], env))
+    places = ["--roi", "floc-places"]  # an ROI analysis of 3 labels, not of every category ROI's 17
+    clean = napari_mine_here(["profile", tmp_path / "clean", *places])
     n_chunks, _ = counts(clean, "profiles")
-    assert n_chunks == -(-store.results().n_targets // PROFILE_BLOCK)
+    assert n_chunks == -(-store.results().n_targets // PROFILE_BLOCK) >= KILL_AFTER + 3
 
-    killed = napari_mine(["profile", tmp_path / "resumed"], env, SLOW_S)
-    done = kill_after_chunks(killed, tmp_path / "resumed" / ".profiles.partial", KILL_AFTER)
-    resumed = finished(napari_mine(["profile", tmp_path / "resumed"], env))
+    done = killed_after_chunks(["profile", tmp_path / "resumed", *places], tmp_path / "resumed" / ".profiles.partial",
+                               KILL_AFTER)
+    resumed = napari_mine_here(["profile", tmp_path / "resumed", *places])
     assert counts(resumed, "profiles") == (n_chunks - len(done), len(done))
     expected, got = arrays(tmp_path / "clean", "profiles"), arrays(tmp_path / "resumed", "profiles")
     assert set(got) == set(expected) == {"scores", "baseline", "top_images", "region_mass", "voxels"}
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name])
-    assert sorted(os.listdir(tmp_path / "resumed" / "clusters")) == sorted(os.listdir(tmp_path / "clean" / "clusters"))
+    clusters = {name: sorted(os.listdir(tmp_path / name / "clusters")) for name in ("clean", "resumed")}
+    assert clusters["resumed"] == clusters["clean"] == ["OPA.nii.gz", "PPA.nii.gz", "RSC.nii.gz"]
 
-    again = finished(napari_mine(["profile", tmp_path / "resumed"], env))
+    again = napari_mine_here(["profile", tmp_path / "resumed", *places])
     assert "profiles: already done with these settings" in again[1] and "chunks computed" not in again[1]
     assert again[0] == resumed[0]  # the ROI lines come back from the saved analysis
 
