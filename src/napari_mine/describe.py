@@ -543,8 +543,8 @@ def cluster_voxels(features: np.ndarray, k_range: tuple[int, int] = DEFAULT_K_RA
 
 def _silhouettes(rows: np.ndarray, fits: dict, seed: int) -> dict[int, float]:
     """Mean silhouette of each k's labels. The pairwise distances are computed once for every k (scikit-learn's
-    default recomputes them per k: 5 times the same n² × features work, most of an ROI's analysis), on a
-    seeded sample of ``SILHOUETTE_ROWS`` rows above that size, as memory grows with n²."""
+    default recomputes them per k: the same n² × features work for each), on a seeded sample of
+    ``SILHOUETTE_ROWS`` rows above that size, as memory grows with n²."""
     from sklearn.metrics import pairwise_distances, silhouette_score
 
     sample = np.arange(len(rows))
