@@ -110,4 +110,4 @@ def test_the_fit_dock_offers_the_cache_type_and_passes_it_to_the_job(stores, mak
     monkeypatch.setattr(widget, "run_staged", lambda description, job, *args: started.append((job, args)))
     widget.token_dtype.setCurrentText("float16")
     widget.run()
-    assert started == [(fit_steps, (str(exact.root.resolve()), None, False, "float16", False, None, False))]
+    assert started == [(fit_steps, (str(exact.root.resolve()), None, False, "float16", False, None, False, False))]
