@@ -59,8 +59,8 @@ def fit_steps(root: str, checkpoint: str | None, recompute: bool, token_dtype: s
 
     results = open_results(root)
     store = ResultsStore.open(root)
-    features = recompute or not store.has("features")
-    summary = None if will_fit(store.manifest, recompute, refit, profile, validate) else saved_fit_summary(root)
+    features, fit = planned_steps(store.manifest, recompute, refit, profile, validate)
+    summary = None if fit else saved_fit_summary(root)
     if features or summary is None:
         yield ("Loading the dataset", 0, 0)
         dataset = results.dataset()
@@ -98,10 +98,13 @@ def fit_is_current(manifest) -> bool:
     return "encoder" in steps and "features" in steps and steps["encoder"].finished >= steps["features"].finished
 
 
-def will_fit(manifest, recompute: bool, refit: bool, profile: bool, validate: bool) -> bool:
-    """Whether a run fits the encoder: always, unless it only profiles or validates with an encoder fitted on the
-    present features (at surface scale a fit costs minutes)."""
-    return refit or recompute or not (profile or validate) or not fit_is_current(manifest)
+def planned_steps(manifest, recompute: bool, refit: bool, profile: bool, validate: bool) -> tuple[bool, bool]:
+    """Whether a run computes the features (asked, or absent) and whether it fits the encoder: always, unless it
+    only profiles or validates with an encoder fitted on the present features (at surface scale a fit costs
+    minutes). What the job runs and what the run button says."""
+    features = recompute or "features" not in manifest.steps
+    fit = features or refit or not (profile or validate) or not fit_is_current(manifest)
+    return features, fit
 
 
 def saved_fit_summary(root: str) -> dict | None:
@@ -146,6 +149,7 @@ class FitWidget(StagedJobs, QWidget):
         self.viewer = napari_viewer
         self._store: str | None = None
         self._vocabulary: str | None = None  # the vocabulary chosen in Data and model (None: the folder's default)
+        self._manifest = None  # the current folder's, read when the selection changes (the button's text reads it)
         layout = QVBoxLayout(self)
         self.target = QLabel("")
         self.target.setWordWrap(True)
@@ -213,13 +217,11 @@ class FitWidget(StagedJobs, QWidget):
         self.run_button.setEnabled(True)
 
     def _on_choice_changed(self, checked=None) -> None:
-        manifest = getattr(self, "_manifest", None)
-        if manifest is None:
+        if self._manifest is None:
             return
-        recompute = self.recompute.isChecked()
         profile, validate = self.profile.isChecked(), self.validate.isEnabled() and self.validate.isChecked()
-        features = recompute or "features" not in manifest.steps
-        fit = will_fit(manifest, recompute, self.refit.isChecked(), profile, validate)
+        features, fit = planned_steps(self._manifest, self.recompute.isChecked(), self.refit.isChecked(), profile,
+                                      validate)
         self.run_button.setText(run_text(features, fit, profile, validate))
 
     def run(self):

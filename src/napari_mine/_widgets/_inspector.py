@@ -106,7 +106,7 @@ def warm_up(store: str, vocabulary: str | None, checkpoint: str | None, row: int
     backbone and stored there the first time only), the token chunk under the slider and the stimuli. The
     backbone itself is loaded only when the vocabulary needs embedding. Returns the store and the shape of its
     patch grid (None without a fitted encoder)."""
-    from napari_mine.attribution import to_patch_grid
+    from napari_mine.attribution import grid_side
 
     view = open_results(store)
     view.space  # noqa: B018 - reads the mask and ROI volumes once
@@ -117,7 +117,7 @@ def warm_up(store: str, vocabulary: str | None, checkpoint: str | None, row: int
         view.rest()
         view.accuracy  # noqa: B018 - reads once
         _space(view, vocabulary, checkpoint)
-        grid = to_patch_grid(np.zeros(view.tokens_per_image)).shape
+        grid = (grid_side(view.tokens_per_image),) * 2
         if row is not None:
             view.tokens([row])
         view.images  # noqa: B018 - opens the stimuli
